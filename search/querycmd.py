@@ -1,0 +1,142 @@
+"""`ticket-search best | export | compare | plot`: read tickets back out of MLflow, print with rich.
+
+Each verb is `<verb>_command(args) -> int` over an argparse Namespace; `add_parsers(sub)` adds all four
+subparsers and sets `args.handler` to the verb's function. User mistakes raise `ConfigError`, which
+`search.cli.main` prints as `error: ...` with exit code 2. JSON goes to stdout unwrapped, so it pipes.
+
+Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
+`sqlite:///<cwd>/runs/mlflow.db`):
+    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json
+    export:  tracking_uri, run_id, out
+    compare: tracking_uri, run_a, run_b, json
+    plot:    tracking_uri, sweep, out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from search.export import MaskComparison, compare_tickets, export_ticket
+from search.plot import plot_sweep
+from search.query import PARETO, TicketRecord, best_tickets, sweep_objective
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def best_table(records: list[TicketRecord], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("#", "run", "level", "density", "val score", "val acc", "test acc", "scorer", "rate",
+                "margin over controls", "collapse"):
+        table.add_column(col, justify="left" if col in ("run", "scorer", "margin over controls") else "right")
+    for i, r in enumerate(records, 1):
+        margins = "  ".join(f"{c} {100 * m:+.1f}" for c, m in r.controls.items()) or "-"
+        table.add_row(str(i), r.run_id, str(r.level), _pct(r.density), _pct(r.val_score), _pct(r.val_acc),
+                      _pct(r.test_acc), r.scorer, r.flat.get("prune.rate", "?"), margins,
+                      "yes" if r.collapsed else "no")
+    return table
+
+
+def best_command(args: argparse.Namespace) -> int:
+    records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
+                           dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top)
+    if args.json:
+        _print_json([r.to_json() for r in records])
+        return 0
+    console = Console()
+    if not records:
+        where = f"sweep '{args.sweep}'" if args.sweep else "any sweep"
+        console.print(f"No ticket runs in {where} match these filters yet.")
+        return 0
+    pareto = args.sweep is not None and sweep_objective(args.tracking_uri, args.sweep) == PARETO
+    title = (f"Pareto front of '{args.sweep}' (val score vs sparsity)" if pareto else
+             f"Best tickets{f' of {args.sweep!r}' if args.sweep else ''} by validation score")
+    console.print(best_table(records, title))
+    console.print("test accuracy is shown for reference; it never ranks tickets.")
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    out = export_ticket(args.run_id, args.out, args.tracking_uri)
+    Console().print(f"exported ticket {args.run_id} to {out.resolve()} "
+                    f"(load it with trainables.ticketio.load_ticket)")
+    return 0
+
+
+def compare_table(c: MaskComparison) -> Table:
+    table = Table(title=f"Masks of {c.run_a} (A) and {c.run_b} (B)")
+    for col in ("layer", "density A", "density B", "Hamming", "note"):
+        table.add_column(col, justify="left" if col in ("layer", "note") else "right")
+    for layer in c.layers:
+        table.add_row(layer.name, _pct(layer.density_a), _pct(layer.density_b), _pct(layer.hamming),
+                      layer.note)
+    table.add_section()
+    table.add_row("all", _pct(c.density_a), _pct(c.density_b), _pct(c.hamming),
+                  "over layers both have, same shape")
+    return table
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    comparison = compare_tickets(args.run_a, args.run_b, args.tracking_uri)
+    if args.json:
+        _print_json(comparison.to_json())
+    else:
+        Console().print(compare_table(comparison))
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    path = plot_sweep(args.sweep, args.tracking_uri, args.out)
+    console = Console()
+    if path is None:
+        console.print(f"Sweep '{args.sweep}' has no ticket runs yet: nothing to plot.")
+    else:
+        console.print(f"plot: {path.resolve()} (also logged to the sweep's parent run)")
+    return 0
+
+
+def _tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db)")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `best`, `export`, `compare` and `plot` to an argparse subparsers object (`handler` = function)."""
+    best = sub.add_parser("best", help="the best tickets found so far, from MLflow")
+    best.add_argument("--sweep", help="one sweep (experiment) name; default: all sweeps")
+    best.add_argument("--max-density", type=float, help="only tickets at or below this density, e.g. 0.2")
+    best.add_argument("--dataset", help="only tickets on this dataset")
+    best.add_argument("--scorer", help="only tickets found with this scorer")
+    best.add_argument("--model", help="only tickets of this model")
+    best.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
+    best.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _tracking(best)
+    best.set_defaults(handler=best_command)
+    export = sub.add_parser("export", help="write a ticket run's mask, rewind weights and config to a folder")
+    export.add_argument("run_id", help="the ticket run's MLflow run id")
+    export.add_argument("--out", required=True, help="folder to write")
+    _tracking(export)
+    export.set_defaults(handler=export_command)
+    compare = sub.add_parser("compare", help="per-layer density and mask overlap of two ticket runs")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _tracking(compare)
+    compare.set_defaults(handler=compare_command)
+    plot = sub.add_parser("plot", help="validation score against sparsity for one sweep (PNG)")
+    plot.add_argument("--sweep", required=True, help="the sweep (experiment) name")
+    plot.add_argument("--out", help="PNG file (default <tracking root>/plots/<sweep>.png)")
+    _tracking(plot)
+    plot.set_defaults(handler=plot_command)

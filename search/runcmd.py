@@ -1,0 +1,74 @@
+"""`ticket-search run`: one ticket search on this machine, a table per level, results on disk."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from search.overrides import load_ticket
+from trainables import checkpoint
+from trainables.config import ConfigError, Ticket
+from trainables.lottery import Lottery, State
+from trainables.results import LevelResult, write_results
+
+
+def planned_epochs(t: Ticket) -> float:
+    """Epochs the search will train at most (for the progress bar)."""
+    levels = 1 if t.prune.method == "init" else t.prune.levels + 1
+    return float(levels * t.train.epochs)
+
+
+def level_table(results: list[LevelResult]) -> Table:
+    table = Table(title="Ticket search", show_lines=False)
+    for col in ("level", "density", "val acc", "test acc", "early stop", "controls (val acc, ticket +)",
+                "collapse"):
+        table.add_column(col, justify="right" if col != "controls (val acc, ticket +)" else "left")
+    for r in results:
+        std = f" ±{100 * r.val_acc_std:.1f}" if r.val_acc_std else ""
+        controls = "  ".join(f"{c} {100 * v['val_acc']:.1f}% ({100 * r.advantage[c]:+.1f})"
+                             for c, v in r.controls.items())
+        table.add_row(str(r.level), f"{100 * r.density:.2f}%", f"{100 * r.val_acc:.2f}%{std}",
+                      f"{100 * r.test_acc:.2f}%", str(r.early_stop_iter), controls or "-",
+                      ", ".join(r.collapsed_layers) or "no")
+    return table
+
+
+def run_command(args: argparse.Namespace) -> int:
+    console = Console(stderr=False)
+    out = Path(args.out).resolve() if args.out else None
+    ticket = load_ticket(args.ticket, args.sets)
+    state: State | None = None
+    if args.resume:
+        if out is None or not (out / "checkpoint" / "state.json").is_file():
+            raise ConfigError("--resume: needs --out pointing at a folder with a checkpoint/ from an earlier run")
+        state = checkpoint.load(out / "checkpoint")
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        TextColumn("{task.completed:.1f}/{task.total:.0f} epochs"), TimeElapsedColumn(),
+                        console=console, disable=args.quiet, transient=True)
+    with progress:
+        bar = progress.add_task("level 0", total=planned_epochs(ticket))
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            progress.update(bar, completed=row["epochs_total"],
+                            description=f"level {row['level']}  val acc {100 * row['val_acc']:.1f}%")
+
+        lottery = Lottery(ticket, state=state, on_epoch=on_epoch)
+        console.print(f"ticket {ticket.id}: {ticket.data.name} / {ticket.model.name} / {ticket.prune.method} "
+                      f"/ {ticket.prune.scorer} on {lottery.device}")
+        for result in lottery.run():
+            progress.console.print(f"level {result.level}: density {100 * result.density:.2f}%  "
+                                   f"val acc {100 * result.val_acc:.2f}%  test acc {100 * result.test_acc:.2f}%")
+            if out is not None:
+                write_results(out, ticket.flat(), lottery.state.results, lottery.state.early_bird_epoch)
+                checkpoint.save(lottery.state, out / "checkpoint")
+    console.print(level_table(lottery.state.results))
+    if lottery.state.early_bird_epoch is not None:
+        console.print(f"Early-Bird ticket appeared at epoch {lottery.state.early_bird_epoch}")
+    if out is not None:
+        console.print(f"results: {out / 'results.json'}  masks: {out / 'masks'}")
+    return 0

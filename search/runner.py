@@ -1,0 +1,102 @@
+"""Running a sweep end to end, as a library: `run_sweep(sweep)` and `resume_sweep(name, root)`.
+
+The driver checks what it can before any trial starts (the dataset is there, the tracking store
+answers), creates the MLflow experiment and parent run, records the resolved sweep under
+`<root>/sweeps/<name>.json` (what `resume` reads), then fits the Tuner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from search.callbacks import TrackingCallback
+from search.sweepfile import Sweep, sweep_from_dict
+from search.tracking import Tracking, ensure_local_store, prepare
+from search.tuner import build_tuner, restore_tuner
+from trainables.config import ConfigError
+from trainables.data import load as load_data
+
+
+@dataclass
+class SweepOutcome:
+    sweep: Sweep
+    tracking: Tracking
+    trials: int
+    errored: int
+    results: Any  # ray.tune.ResultGrid
+
+
+def sweep_params(sweep: Sweep) -> dict[str, Any]:
+    """What the parent run records about the sweep itself (the trials record their tickets)."""
+    return {"objective": sweep.objective, "target_density": sweep.target_density, "sampler": sweep.sampler,
+            "seed": sweep.seed, "scheduler": sweep.scheduler, "grace_period": sweep.grace_period,
+            "reduction_factor": sweep.reduction_factor, "num_samples": sweep.num_samples,
+            "max_concurrent": sweep.max_concurrent, "space": ",".join(d.key for d in sweep.space),
+            "smoke": sweep.smoke, "cpu": sweep.cpu, "gpu": sweep.gpu}
+
+
+def record_path(root: str | Path, name: str) -> Path:
+    return Path(root) / "sweeps" / f"{name}.json"
+
+
+def save_record(sweep: Sweep) -> None:
+    path = record_path(sweep.root, sweep.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sweep.to_toml_dict(), indent=2, default=str))
+
+
+def load_record(name: str, root: str | Path = "runs") -> Sweep:
+    path = record_path(Path(root).resolve(), name)
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
+        raise ConfigError(f"resume: no sweep named '{name}' under {path.parent}; known sweeps: "
+                          f"{', '.join(known) or 'none'}")
+    return sweep_from_dict(json.loads(path.read_text()), cwd=Path(root).resolve().parent)
+
+
+def preflight(sweep: Sweep) -> None:
+    """Fail before any trial runs: a missing dataset, or a tracking store that does not answer."""
+    load_data(sweep.base.data, "cpu")
+    ensure_local_store(sweep.tracking_uri)
+    try:
+        MlflowClient(sweep.tracking_uri).search_experiments(max_results=1)
+    except Exception as e:  # noqa: BLE001 - any failure here means "cannot track", said in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"storage.tracking_uri: cannot reach {sweep.tracking_uri} ({first[:200]})") from e
+
+
+def init_ray(sweep: Sweep) -> None:
+    if ray.is_initialized():
+        return
+    ray.init(address=sweep.ray_address or "local", include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
+
+
+def run_sweep(sweep: Sweep, *, resume: bool = False, callbacks: list[tune.Callback] | None = None,
+              ) -> SweepOutcome:
+    """Run (or continue) a sweep; every trial's tickets land in MLflow under the sweep's experiment."""
+    preflight(sweep)
+    experiment = Path(sweep.ray_storage) / sweep.name
+    if resume and not tune.Tuner.can_restore(str(experiment)):
+        raise ConfigError(f"resume: nothing to resume at {experiment}")
+    init_ray(sweep)
+    tracking = prepare(sweep.tracking_uri, sweep.name, sweep.artifact_root, sweep_params(sweep), resume=resume)
+    save_record(sweep)
+    cbs = [TrackingCallback(tracking), *(callbacks or [])]
+    tuner = restore_tuner(sweep, tracking, cbs) if resume else build_tuner(sweep, tracking, cbs)
+    grid = tuner.fit()
+    MlflowClient(tracking.tracking_uri).set_terminated(tracking.parent_run_id, "FINISHED")
+    return SweepOutcome(sweep, tracking, len(grid), len(grid.errors), grid)
+
+
+def resume_sweep(name: str, root: str | Path = "runs", callbacks: list[tune.Callback] | None = None,
+                 ) -> SweepOutcome:
+    return run_sweep(load_record(name, root), resume=True, callbacks=callbacks)

@@ -1,0 +1,34 @@
+"""The MLflow data model, in one place: tag and metric names every writer and query uses.
+
+experiment = sweep name
+  parent run  (tags kind=sweep, sweep=<name>)
+    trial run (tags kind=trial, trial=<Ray trial id>; params = flat ticket keys; metrics per evaluation,
+               step = cumulative training iteration)
+      ticket run per level and member (tags kind=ticket, member=ticket|<control>, level, trial, and
+               dataset/model/scorer/method/sweep; params = flat keys; metrics TICKET_METRICS;
+               artifacts mask.safetensors + density.json)
+
+"Best tickets" is then one plain query any MLflow user can write:
+    mlflow.search_runs(experiment_names=["digits"],
+                       filter_string="tags.kind = 'ticket' and tags.member = 'ticket' and metrics.density <= 0.2",
+                       order_by=["metrics.val_score DESC"])
+"""
+
+from __future__ import annotations
+
+KIND = "kind"  # sweep | trial | ticket
+SWEEP, TRIAL, TICKET = "sweep", "trial", "ticket"
+TAG_SWEEP = "sweep"
+TAG_TRIAL = "trial"
+TAG_MEMBER = "member"  # "ticket" or the control's name
+TAG_LEVEL = "level"
+TAG_KEY = "ticket_key"  # <trial>/<level>/<member>: the identity that makes a ticket run exactly-once
+TAG_TICKET_ID = "ticket_id"  # Ticket.id of the trial's config
+TAG_STATUS_REASON = "status_reason"  # why a trial failed or was stopped
+DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.scorer",
+              "method": "prune.method"}  # tag -> flat key it copies
+TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "test_score", "val_loss",
+                  "test_loss", "best_val_acc", "val_acc_std", "test_acc_std", "level", "early_stop_iter",
+                  "collapsed", "epochs", "iterations", "wall_s")
+MASK_ARTIFACT = "mask.safetensors"
+DENSITY_ARTIFACT = "density.json"

@@ -1,0 +1,114 @@
+"""Assembling the Ray Tune run of a sweep: Optuna searcher, ASHA, stoppers, failure handling, resources.
+
+- `TicketOptunaSearch` tells Optuna PRUNED (not COMPLETE) for trials the scheduler stopped, so TPE
+  does not learn from truncated values as if they were final (Ray hard-codes COMPLETE).
+- ASHA compares trials at equal cumulative epochs (`epochs_total`) on `val_score`.
+- `CollapseStopper` ends a trial whose network lost a whole layer: it cannot recover.
+- Checkpoints come at level boundaries; `FailureConfig` restarts a failed trial from its last level.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from search.space import define_by_run, sampler
+from search.sweepfile import Sweep
+from search.tracking import MlflowSink, Tracking
+from trainables.trainable import ticket_trial
+
+MAX_FAILURES = 2  # restarts of a failed trial from its last level checkpoint
+
+
+class TicketOptunaSearch(OptunaSearch):
+    """OptunaSearch that records scheduler-stopped trials as PRUNED."""
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        stopped_early = (result is not None and not error and not result.get("final")
+                         and not result.get("collapsed") and trial_id in self._ot_trials
+                         and trial_id not in self._completed_trials)
+        if not stopped_early:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+class CollapseStopper(tune.Stopper):
+    """Stop a trial as soon as a level reports layer collapse."""
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return bool(result.get("collapsed"))
+
+    def stop_all(self) -> bool:
+        return False
+
+
+def optuna_storage(url_or_path: str) -> optuna.storages.BaseStorage:
+    """A journal file (the default: only the driver writes it) or an RDB URL (e.g. PostgreSQL)."""
+    if "://" in url_or_path:
+        return optuna.storages.RDBStorage(url_or_path)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(url_or_path))
+
+
+def searcher(sweep: Sweep) -> TicketOptunaSearch:
+    metrics, modes = sweep.metrics, sweep.modes
+    return TicketOptunaSearch(
+        space=define_by_run(sweep), metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0], sampler=sampler(sweep),
+        storage=optuna_storage(sweep.optuna_storage), study_name=sweep.name)
+
+
+def scheduler(sweep: Sweep) -> TrialScheduler:
+    if sweep.scheduler == "none":
+        return FIFOScheduler()
+    base = sweep.base
+    max_t = sweep.max_t or (base.prune.levels + 1) * base.train.epochs
+    return ASHAScheduler(time_attr="epochs_total", metric="val_score", mode="max", max_t=max_t,
+                         grace_period=min(sweep.grace_period, max_t), reduction_factor=sweep.reduction_factor)
+
+
+def trainable(sweep: Sweep, tracking: Tracking) -> Any:
+    fn = tune.with_parameters(ticket_trial, sink=MlflowSink(tracking))
+    resources: dict[str, float] = {"cpu": sweep.cpu, "gpu": sweep.gpu}
+    return tune.with_resources(fn, resources)
+
+
+def param_space(sweep: Sweep) -> dict[str, Any]:
+    """The base ticket as constants; Optuna's define-by-run values override them per trial."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sweep.base.flat().items()}
+
+
+def build_tuner(sweep: Sweep, tracking: Tracking, callbacks: list[tune.Callback]) -> tune.Tuner:
+    search_alg = ConcurrencyLimiter(searcher(sweep), max_concurrent=sweep.max_concurrent)
+    return tune.Tuner(
+        trainable(sweep, tracking),
+        param_space=param_space(sweep),
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler(sweep),
+                                    num_samples=sweep.num_samples, reuse_actors=True,
+                                    time_budget_s=sweep.time_limit_s or None),
+        run_config=tune.RunConfig(
+            name=sweep.name, storage_path=sweep.ray_storage, stop=CollapseStopper(), callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0),
+    )
+
+
+def restore_tuner(sweep: Sweep, tracking: Tracking, callbacks: list[tune.Callback]) -> tune.Tuner:
+    """Continue an interrupted sweep: Ray's experiment state plus the persisted Optuna study."""
+    path = str(Path(sweep.ray_storage) / sweep.name)
+    tuner = tune.Tuner.restore(path, trainable=trainable(sweep, tracking), resume_unfinished=True,
+                               resume_errored=True, param_space=param_space(sweep))
+    # callbacks are not restored with the experiment: hand them in again
+    tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001
+    return tuner

@@ -1,0 +1,16 @@
+"""Shared test setup: quiet, fast, offline Ray; small tickets that train in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports ray: no auth token, no usage stats, no uv runtime env (STACK.md).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -1,0 +1,279 @@
+"""Finding lottery tickets on one machine: IMP and pruning at initialisation, level by level.
+
+`Lottery(ticket).run()` yields one `LevelResult` per finished level. After each yield `lottery.state`
+is a complete level-boundary checkpoint (`checkpoint.save/load`): a search stopped there and resumed
+gives identical results, because initialisation, data order, augmentation and the learning rate are
+all pure functions of seeds and the global iteration.
+
+- `imp`: level 0 trains the dense network (or a transferred mask); each later level prunes
+  `prune.rate` of the remaining weights with the scorer, rewinds the rest to iteration
+  `prune.rewind_iter` (0 = the original initialisation) and retrains from there.
+- `init`: train to the rewind point (or an Early-Bird ticket), score and prune to
+  `prune.target_density` in `prune.iterations` rounds, train once (reported as level 1).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables import masks as mk
+from trainables import scorers
+from trainables.config import ConfigError, Ticket
+from trainables.controls import build_members
+from trainables.data import load as load_data
+from trainables.earlybird import EarlyBird
+from trainables.models import build as build_model
+from trainables.results import LevelResult, MemberResult, summarise
+from trainables.tasks import Task, make_task
+from trainables.train import Hooks, Member, train_members
+
+StateDict = dict[str, torch.Tensor]
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class State:
+    """Everything needed to continue a ticket search at a level boundary."""
+
+    level: int = 0  # the next level to train
+    done: bool = False
+    results: list[LevelResult] = field(default_factory=list)
+    masks: list[mk.Mask] = field(default_factory=list)  # per replicate: the mask the next level uses
+    rewind: list[StateDict] = field(default_factory=list)  # per replicate: weights at the rewind point
+    start_iter: int = 0  # iteration the next level starts training at (the rewind point)
+    epochs_total: float = 0.0  # epochs trained so far, all levels and members' shared passes
+    early_bird_epoch: int | None = None
+    early_bird: dict[str, Any] | None = None  # EarlyBird.state_dict()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no GPU is visible; valid choices: auto, cpu")
+    return torch.device(name)
+
+
+def load_init_mask(path: str) -> mk.Mask:
+    """Read a transferred ticket's mask (a file; `runs:/` URIs are resolved by search/ first)."""
+    from trainables import maskio
+
+    if "://" in path or path.startswith("runs:/"):
+        raise ConfigError(f"prune.init_mask: '{path}' is a URI; resolve it with the search service first")
+    return maskio.load(path)
+
+
+class Lottery:
+    """One ticket search. Iterate `run()`; `state` is a checkpoint after every yielded level."""
+
+    def __init__(self, ticket: Ticket, *, state: State | None = None,
+                 on_epoch: EpochCallback | None = None, device: str | torch.device | None = None) -> None:
+        self.ticket = ticket
+        self.device = torch.device(device) if device is not None else resolve_device(ticket.train.device)
+        self.data = load_data(ticket.data, self.device)
+        self.task: Task = make_task(self.data, batch_size=ticket.train.batch_size, seed=ticket.train.seed)
+        self.ipe = self.task.iters_per_epoch()
+        self.total = ticket.train.epochs * self.ipe
+        if ticket.prune.rewind_iter >= self.total:
+            raise ConfigError(f"prune.rewind_iter: {ticket.prune.rewind_iter} is not below the "
+                              f"{self.total} iterations of training ({ticket.train.epochs} epochs)")
+        self.state = state or State()
+        self.on_epoch = on_epoch
+
+    # -- models and seeds --------------------------------------------------------------------------
+    def new_model(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return build_model(self.ticket.model, self.data.input_shape, self.data.num_classes).to(self.device)
+
+    def init_seed(self, replicate: int) -> int:
+        return self.ticket.train.seed * 1000 + replicate
+
+    def seed(self, *parts: int) -> int:
+        """A seed derived from train.seed and `parts` (int tuples hash the same in every process)."""
+        return hash((self.ticket.train.seed, *parts)) % 2**62
+
+    def _generator(self, *parts: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed(*parts))
+
+    # -- the search --------------------------------------------------------------------------------
+    def run(self) -> Iterator[LevelResult]:
+        while not self.state.done:
+            if self.state.level == 0:
+                self._start()
+                if self.state.done:
+                    break
+            result = self._train_level()
+            self.state.results.append(result)
+            self._after_level(result)
+            yield result
+
+    def _start(self) -> None:
+        """Level 0: dense (or transferred) members, rewind point, and for `init` the pruning itself."""
+        p = self.ticket.prune
+        reps = range(p.replicates)
+        models = [self.new_model(self.init_seed(r)) for r in reps]
+        self.state.rewind = [_copy(m.state_dict()) for m in models]
+        self.state.masks = [self._first_mask(m, r) for r, m in enumerate(models)]
+        if p.method == "imp":
+            return  # level 0 is trained by _train_level like any other level
+        k = p.rewind_iter
+        if k > 0 or p.early_bird:
+            members = [Member("ticket", r, m, self.state.masks[r]) for r, m in enumerate(models)]
+            stop = self.total if p.early_bird else k
+            end = train_members(members, self.task, self.ticket.train, start=0, stop=stop,
+                                hooks=self._hooks(0, 0, members))
+            self.state.epochs_total += end / self.ipe
+            self.state.rewind = [_copy(m.model.state_dict()) for m in members]
+            self.state.start_iter = end
+            if end >= self.total:
+                raise ConfigError("prune.early_bird: no Early-Bird ticket appeared within train.epochs; "
+                                  "raise prune.eb_epsilon or train.epochs")
+        d = p.target_density or 1.0
+        out_d = _output_density_for(d, p.rate, p.output_rate)
+        for r, m in enumerate(models):
+            m.load_state_dict(self.state.rewind[r])
+            self.state.masks[r] = scorers.prune_at_init(
+                m, self.state.masks[r], self._score_ctx(r), scorer=p.scorer, density=d,
+                output=mk.output_param(m), output_density=out_d, scope=p.scope, iterations=p.iterations)
+        self.state.level = 1
+
+    def _first_mask(self, model: nn.Module, replicate: int) -> mk.Mask:
+        mask = mk.ones(model, bias=self.ticket.prune.bias)
+        if self.ticket.prune.init_mask:
+            mask = mk.refit(load_init_mask(self.ticket.prune.init_mask), model,
+                            self._generator(replicate, 17))
+        return mask
+
+    def _score_ctx(self, replicate: int) -> scorers.ScoreContext:
+        return scorers.ScoreContext(batches=self.task.score_batches(), loss=self.task.loss,
+                                    input_shape=self.task.input_shape,
+                                    generator=self._generator(replicate, self.state.level, 29))
+
+    def _train_level(self) -> LevelResult:
+        """Build this level's members, train them together from the rewind point, summarise."""
+        level, start = self.state.level, self.state.start_iter if self.state.level > 0 else 0
+        t0 = time.perf_counter()
+        members = build_members(self, level)
+        torch.manual_seed(self.seed(level, 31))  # any in-model randomness (dropout in tv: models)
+        capture = self.ticket.prune.rewind_iter if (level == 0 and self.ticket.prune.rewind_iter) else None
+        end = train_members(members, self.task, self.ticket.train, start=start, stop=self.total,
+                            capture_at=capture, hooks=self._hooks(level, start, members))
+        if level == 0:
+            tickets = [m for m in members if m.name == "ticket"]
+            if capture is not None:  # rewind point k > 0 (or the Early-Bird point if training stopped first)
+                self.state.rewind = [_copy(m.snapshot or m.model.state_dict()) for m in tickets]
+                self.state.start_iter = min(capture, end)
+            self._trained = tickets
+        else:
+            self._trained = [m for m in members if m.name == "ticket"]
+        epochs = (end - start) / self.ipe
+        self.state.epochs_total += epochs
+        rows = [self._member_result(m) for m in members]
+        ticket_masks = [m.mask if m.mask is not None else {} for m in self._trained]
+        return summarise(level, rows, ticket_masks, mk.layer_density(ticket_masks[0]),
+                         sorted({n for m in ticket_masks for n in mk.collapsed(m)}),
+                         epochs, end - start, time.perf_counter() - t0)
+
+    def _member_result(self, m: Member) -> MemberResult:
+        test = self.task.evaluate(m.model, "test")
+        hist = m.history or [{"iteration": 0, "val_loss": math.nan, "val_acc": math.nan,
+                              "val_score": math.nan}]
+        last = hist[-1]
+        losses = [h["val_loss"] for h in hist]
+        best = min(range(len(hist)), key=lambda i: (math.isnan(losses[i]), losses[i]))
+        return MemberResult(
+            member=m.name, replicate=m.replicate, density=mk.density(m.mask) if m.mask else 1.0,
+            val_acc=last["val_acc"], test_acc=test["acc"], val_loss=last["val_loss"],
+            test_loss=test["loss"], val_score=last["val_score"], test_score=test["score"],
+            best_val_acc=max(h["val_acc"] for h in hist), early_stop_iter=int(hist[best]["iteration"]))
+
+    def _after_level(self, result: LevelResult) -> None:
+        """Decide whether to stop; else prune every replicate's trained ticket for the next level."""
+        p = self.ticket.prune
+        target_reached = p.target_density is not None and result.density <= p.target_density + 1e-12
+        if p.method == "init" or result.level >= p.levels or target_reached:
+            self.state.done = True
+            return
+        nxt = result.level + 1
+        self.state.level = nxt
+        base = self.state.results[0].masks
+        for r, m in enumerate(self._trained):
+            scores = scorers.score(p.scorer, m.model, self.state.masks[r], self._score_ctx(r))
+            self.state.masks[r] = _imp_prune(scores, self.state.masks[r], base[r], nxt, p.rate,
+                                             p.output_rate, p.scope, mk.output_param(m.model))
+
+    def _hooks(self, level: int, start: int, members: list[Member]) -> Hooks:
+        hooks = Hooks(epoch_end=lambda epoch, it, ms: self._report(level, start, it, ms))
+        p = self.ticket.prune
+        if level == 0 and (p.early_bird or p.method == "imp"):
+            hooks.epoch_start = self._early_bird_hook()
+        return hooks
+
+    def _early_bird_hook(self) -> Callable[[int, list[Member]], bool]:
+        p = self.ticket.prune
+        detector = EarlyBird(p.eb_epsilon, p.eb_window)
+        if self.state.early_bird:
+            detector.load_state_dict(self.state.early_bird)
+        d = p.target_density if p.method == "init" and p.target_density else 1 - p.rate
+        out_d = _output_density_for(d, p.rate, p.output_rate)
+
+        def epoch_start(epoch: int, members: list[Member]) -> bool:
+            first = members[0]
+            scores = scorers.score("magnitude", first.model, first.mask or {}, self._score_ctx(0))
+            mask = mk.prune(scores, first.mask or {}, d, scope=p.scope,
+                            output=mk.output_param(first.model), output_density=out_d)
+            fired = self.state.early_bird_epoch is None and detector.update(mask)
+            if fired:
+                self.state.early_bird_epoch = epoch
+            self.state.early_bird = detector.state_dict()
+            return bool(p.early_bird and self.state.early_bird_epoch is not None)
+
+        return epoch_start
+
+    def _report(self, level: int, start: int, it: int, members: list[Member]) -> None:
+        if self.on_epoch is None:
+            return
+        tickets = [m.history[-1] for m in members if m.name == "ticket"]
+        row: dict[str, Any] = {
+            "level": level, "iteration": it, "epoch": it / self.ipe,
+            "epochs_total": self.state.epochs_total + (it - start) / self.ipe,
+            "iterations_total": round(self.state.epochs_total * self.ipe) + it - start,
+            "density": mk.density(members[0].mask) if members[0].mask else 1.0}
+        for key in ("val_acc", "val_loss", "val_score"):
+            row[key] = sum(t[key] for t in tickets) / len(tickets)
+        self.on_epoch(row)
+
+
+def _copy(sd: StateDict) -> StateDict:
+    return {k: v.detach().clone() for k, v in sd.items()}
+
+
+def _output_density_for(density: float, rate: float, output_rate: float) -> float:
+    """Output-layer density matching `density` reached by IMP at `rate` (the output at its own rate)."""
+    if output_rate == 0 or density >= 1:
+        return 1.0
+    levels = math.log(density) / math.log(1 - rate)
+    return (1 - rate * output_rate) ** levels
+
+
+def _imp_prune(scores: dict[str, torch.Tensor], mask: mk.Mask, base: mk.Mask, level: int, rate: float,
+               output_rate: float, scope: str, output: str | None) -> mk.Mask:
+    """Mask of IMP level `level`: density base * (1-rate)^level, exact counts, output at its own rate."""
+    pool_d, out_d = mk.level_densities(rate, output_rate, level)
+    out_base = mk.density({output: base[output]}) if output in base else 1.0
+    if scope == "global":
+        pool = {n: b for n, b in base.items() if n != output}
+        return mk.prune(scores, mask, mk.density(pool) * pool_d, scope="global", output=output,
+                        output_density=out_base * out_d)
+    new: mk.Mask = {}
+    for name in mask:  # layerwise: each layer keeps base_layer_density * (1-rate)^level
+        d = out_base * out_d if name == output else mk.density({name: base[name]}) * pool_d
+        new.update(mk.prune({name: scores[name]}, {name: mask[name]}, d, scope="layer"))
+    return new
