@@ -23,6 +23,9 @@ class TrackingCallback(tune.Callback):
         self.tracking = tracking
         self._client: MlflowClient | None = None
 
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks with the experiment
+        return {"tracking": self.tracking, "_client": None}
+
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
@@ -57,6 +60,9 @@ class ProgressCallback(tune.Callback):
     def __init__(self, emit: Callable[[str], None]) -> None:
         self.emit = emit
 
+    def __getstate__(self) -> dict[str, Any]:  # a console is not picklable; a restored run passes its own
+        return {"emit": _quiet}
+
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         if result.get("level_done"):
@@ -73,3 +79,7 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.emit(f"trial {trial.trial_id} failed (it restarts from its last level if retries remain)")
+
+
+def _quiet(line: str) -> None:
+    """The emit of a callback unpickled from an old experiment: the resuming CLI passes a live one."""

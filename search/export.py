@@ -13,14 +13,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, overload
 
 from mlflow.tracking import MlflowClient
 
@@ -39,8 +41,22 @@ from trainables.config import ConfigError, Ticket
 from trainables.data import load as load_data
 from trainables.ticketio import DENSITY_FILE, MASK_FILE, REWIND_FILE, TICKET_JSON, load_rewind
 
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 RUNS_URI = re.compile(r"runs:/([0-9a-f]{32})(?:/mask\.safetensors)?/?")
-T = TypeVar("T", Ticket, dict[str, Any])
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a tqdm bar on stderr per download; library code does not print."""
+    before = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = before
 
 
 def _download(client: MlflowClient, run_id: str, name: str, into: Path) -> Path:
@@ -49,7 +65,8 @@ def _download(client: MlflowClient, run_id: str, name: str, into: Path) -> Path:
     if name not in listed:
         raise ConfigError(f"run {run_id} has no artifact '{name}'")
     into.mkdir(parents=True, exist_ok=False)
-    path = Path(client.download_artifacts(run_id, name, str(into)))
+    with _no_progress_bar():
+        path = Path(client.download_artifacts(run_id, name, str(into)))
     if path.is_symlink() or not path.is_file() or path.parent.resolve() != into.resolve():
         raise ConfigError(f"run {run_id}: artifact '{name}' did not download as a plain file")
     return path
@@ -81,6 +98,8 @@ def export_ticket(run_id: str, out: str | Path, tracking_uri: str | None = None)
     trial = check_run_id(run.data.tags.get(PARENT_TAG, ""), f"run {run_id}: parent trial run id")
     ticket = Ticket.from_flat(run.data.params)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ticket-export-") as tmp:
         mask = _download(client, run_id, MASK_FILE, Path(tmp) / "mask")
@@ -121,12 +140,24 @@ def download_mask(run_id: str, tracking_uri: str | None = None, cache_dir: str |
     with tempfile.TemporaryDirectory(prefix="ticket-mask-") as tmp:
         path = _download(client, run_id, MASK_FILE, Path(tmp) / "mask")
         maskio.load(path)
-        shutil.copyfile(path, dest / MASK_FILE)
+        partial = dest / f".{MASK_FILE}.{os.getpid()}.tmp"
+        shutil.copyfile(path, partial)
+        os.replace(partial, dest / MASK_FILE)  # readers (other trials) never see half a file
     return dest / MASK_FILE
 
 
-def resolve_init_mask(flat_or_ticket: T, tracking_uri: str | None = None, *,
-                      cache_dir: str | Path | None = None) -> T:
+@overload
+def resolve_init_mask(flat_or_ticket: Ticket, tracking_uri: str | None = ..., *,
+                      cache_dir: str | Path | None = ...) -> Ticket: ...
+
+
+@overload
+def resolve_init_mask(flat_or_ticket: dict[str, Any], tracking_uri: str | None = ..., *,
+                      cache_dir: str | Path | None = ...) -> dict[str, Any]: ...
+
+
+def resolve_init_mask(flat_or_ticket: Ticket | dict[str, Any], tracking_uri: str | None = None, *,
+                      cache_dir: str | Path | None = None) -> Ticket | dict[str, Any]:
     """Ticket transfer: replace a `runs:/` `prune.init_mask` by the absolute path of the downloaded mask.
 
     Takes and returns the same kind (Ticket or flat dict); anything but a `runs:/` URI passes unchanged.

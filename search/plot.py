@@ -32,7 +32,7 @@ from trainables.config import ConfigError
 
 ARTIFACT_DIR = "plots"
 ARTIFACT_NAME = "accuracy_vs_sparsity.png"
-MARKERS = "o s ^ D v P X *".split()
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def safe_name(name: str) -> str:

@@ -51,8 +51,8 @@ class TicketRecord:
     val_acc: float
     test_acc: float
     collapsed: bool
-    flat: dict[str, str] = field(default_factory=dict)
-    controls: dict[str, float] = field(default_factory=dict)
+    flat: dict[str, str] = field(default_factory=dict, hash=False)
+    controls: dict[str, float] = field(default_factory=dict, hash=False)
 
     def ticket(self) -> Ticket:
         """The ticket search that found this ticket, re-typed from the run's params."""
@@ -63,7 +63,8 @@ class TicketRecord:
         return self.flat.get("prune.scorer", "?")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """A JSON-ready dict; NaN (a metric never logged) becomes None."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
 
 
 def default_tracking_uri() -> str:
@@ -231,7 +232,7 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     if top is not None and top < 1:
         raise ConfigError(f"--top: need a positive count, got {top}")
     client = client_for(tracking_uri)
-    filters = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model}
+    filters: dict[str, Any] = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model}
     if sweep is not None:
         exp_ids = [experiment_id(client, sweep)]
         pareto = objective(client, exp_ids[0]) == PARETO

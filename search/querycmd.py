@@ -18,14 +18,17 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from search.export import MaskComparison, compare_tickets, export_ticket
-from search.plot import plot_sweep
-from search.query import PARETO, TicketRecord, best_tickets, sweep_objective
+if TYPE_CHECKING:
+    from search.export import MaskComparison
+    from search.query import TicketRecord
+
+# MLflow and matplotlib are imported inside each verb: `add_parsers` runs on every CLI start, and
+# `ticket-search run` should not pay seconds for them.
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -37,19 +40,22 @@ def _print_json(doc: Any) -> None:
 
 
 def best_table(records: list[TicketRecord], title: str) -> Table:
+    """One row per ticket; the full run id stays on one line so it can be pasted into `export`."""
     table = Table(title=title)
-    for col in ("#", "run", "level", "density", "val score", "val acc", "test acc", "scorer", "rate",
-                "margin over controls", "collapse"):
-        table.add_column(col, justify="left" if col in ("run", "scorer", "margin over controls") else "right")
-    for i, r in enumerate(records, 1):
-        margins = "  ".join(f"{c} {100 * m:+.1f}" for c, m in r.controls.items()) or "-"
-        table.add_row(str(i), r.run_id, str(r.level), _pct(r.density), _pct(r.val_score), _pct(r.val_acc),
-                      _pct(r.test_acc), r.scorer, r.flat.get("prune.rate", "?"), margins,
-                      "yes" if r.collapsed else "no")
+    table.add_column("run", no_wrap=True, min_width=32)
+    for col in ("level", "density", "val", "test", "scorer", "rate", "vs controls"):
+        table.add_column(col, justify="left" if col in ("scorer", "vs controls") else "right")
+    for r in records:
+        margins = " ".join(f"{c} {100 * m:+.1f}" for c, m in r.controls.items()) or "-"
+        density = _pct(r.density, 1) + (" collapsed" if r.collapsed else "")
+        table.add_row(r.run_id, str(r.level), density, _pct(r.val_score, 1), _pct(r.test_acc, 1), r.scorer,
+                      r.flat.get("prune.rate", "?"), margins)
     return table
 
 
 def best_command(args: argparse.Namespace) -> int:
+    from search.query import PARETO, best_tickets, sweep_objective
+
     records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
                            dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top)
     if args.json:
@@ -64,11 +70,13 @@ def best_command(args: argparse.Namespace) -> int:
     title = (f"Pareto front of '{args.sweep}' (val score vs sparsity)" if pareto else
              f"Best tickets{f' of {args.sweep!r}' if args.sweep else ''} by validation score")
     console.print(best_table(records, title))
-    console.print("test accuracy is shown for reference; it never ranks tickets.")
+    console.print("val = validation score (ranks tickets); test = test accuracy, shown, never used to rank.")
     return 0
 
 
 def export_command(args: argparse.Namespace) -> int:
+    from search.export import export_ticket
+
     out = export_ticket(args.run_id, args.out, args.tracking_uri)
     Console().print(f"exported ticket {args.run_id} to {out.resolve()} "
                     f"(load it with trainables.ticketio.load_ticket)")
@@ -89,6 +97,8 @@ def compare_table(c: MaskComparison) -> Table:
 
 
 def compare_command(args: argparse.Namespace) -> int:
+    from search.export import compare_tickets
+
     comparison = compare_tickets(args.run_a, args.run_b, args.tracking_uri)
     if args.json:
         _print_json(comparison.to_json())
@@ -98,6 +108,8 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def plot_command(args: argparse.Namespace) -> int:
+    from search.plot import plot_sweep
+
     path = plot_sweep(args.sweep, args.tracking_uri, args.out)
     console = Console()
     if path is None:

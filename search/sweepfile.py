@@ -1,11 +1,11 @@
 """Sweep files: one TOML file describes one sweep, read into the frozen `Sweep` with every path resolved.
 
-A sweep file holds a `name`, the `[base]` ticket, the `[space]` (see search/space.py), and the sections
+A sweep file holds a `name`, the `[base]` ticket, the `[space]` (search/spacefile.py) and the sections
 `[objective]`, `[search]`, `[scheduler]`, `[budget]`, `[resources]` and `[storage]`; sweeps/digits.toml
 shows every entry. `--set key=value` overrides a ticket key (fixing it: it leaves the space) or a sweep
-entry addressed as `section.field`; `smoke=True` shrinks any sweep to a one-minute run. Every mistake is a
-one-line `ConfigError` naming the entry. Trials run with their cwd in a Ray trial folder, so every path
-here is made absolute against `cwd`.
+entry addressed as `section.field`; `smoke=True` shrinks any sweep to a one-minute run. Every mistake is
+a one-line `ConfigError` naming the entry. Trials run with their cwd in a Ray trial folder, so every
+path is made absolute against `cwd` here.
 
 Example:
     >>> s = load_sweep("sweeps/digits.toml", ["budget.num_samples=4", "prune.rate=0.3"])
@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import os
 import re
 import typing
 from dataclasses import dataclass
@@ -26,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from search.overrides import parse_sets, read_toml
-from search.space import Dim, clip_space, finite, parse_space, upper
+from search.space import Dim, clip_space, upper
+from search.spacefile import finite, parse_space
+from search.sweepstore import SCHEME, absolute, dump_toml, resolve_storage
 from trainables.config import KEYS, ConfigError, Ticket, from_nested
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "SCHEDULERS", "Dim", "Sweep", "dump_toml", "load_sweep",
@@ -36,34 +37,39 @@ OBJECTIVES = ("accuracy_at_density", "pareto")
 SAMPLERS = ("tpe", "random", "gp", "nsga2")
 SCHEDULERS = ("asha", "none")
 PARETO_SAMPLERS = ("tpe", "nsga2", "random")  # GP is single-objective here; NSGA-II only for pareto
-IMP_LEVELS_UNTIL_TARGET = 1000  # the config's maximum: IMP then stops at the target density, not the cap
-SMOKE_CAPS = {"train.epochs": 2, "prune.levels": 2, "prune.iterations": 10}
+IMP_LEVELS_UNTIL_TARGET = 1000  # the config's maximum: IMP stops at the target density, not the cap
+SMOKE_CAPS = {"train.epochs": 2, "prune.levels": 2, "prune.iterations": 10,
+              "prune.rewind_iter": 4}  # a rewind point must stay inside 2 epochs of small data
 SMOKE_DATA = {"mnist": ("1x28x28", 10), "fashion_mnist": ("1x28x28", 10), "cifar10": ("3x32x32", 10),
-              "cifar100": ("3x32x32", 100), "svhn": ("3x32x32", 10)}  # name -> synthetic shape, classes
+              "cifar100": ("3x32x32", 100), "svhn": ("3x32x32", 10)}  # -> synthetic shape, classes
 SMOKE_SIZE = 512
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # s3://, runs:/, postgresql+psycopg2://
 
-# section -> {field in the file: Sweep attribute}
-ENTRIES: dict[str, dict[str, str]] = {
-    "objective": {"name": "objective", "target_density": "target_density"},
-    "search": {"sampler": "sampler", "seed": "seed"},
-    "scheduler": {"name": "scheduler", "grace_period": "grace_period",
-                  "reduction_factor": "reduction_factor", "max_t": "max_t"},
-    "budget": {"num_samples": "num_samples", "max_concurrent": "max_concurrent",
-               "time_limit_s": "time_limit_s"},
-    "resources": {"cpu": "cpu", "gpu": "gpu"},
-    "storage": {f: f for f in ("root", "tracking_uri", "artifact_root", "optuna_storage", "ray_storage",
-                               "ray_address")},
+# Every sweep entry, as a --set key ("section.field", or top-level), -> Sweep attribute.
+ENTRIES: dict[str, str] = {
+    "name": "name", "smoke": "smoke",
+    "objective.name": "objective", "objective.target_density": "target_density",
+    "search.sampler": "sampler", "search.seed": "seed",
+    "scheduler.name": "scheduler", **{f"scheduler.{a}": a for a in ("grace_period", "reduction_factor",
+                                                                    "max_t")},
+    **{f"budget.{a}": a for a in ("num_samples", "max_concurrent", "time_limit_s")},
+    "resources.cpu": "cpu", "resources.gpu": "gpu",
+    **{f"storage.{a}": a for a in ("root", "tracking_uri", "artifact_root", "optuna_storage",
+                                   "ray_storage", "ray_address")},
 }
-TOP_LEVEL = ("name", "smoke", "base", "space", *ENTRIES)
-STORAGE_DEFAULTS = {"root": "runs", "tracking_uri": "", "artifact_root": "", "optuna_storage": "",
-                    "ray_storage": "", "ray_address": ""}
+SECTIONS = ("objective", "search", "scheduler", "budget", "resources", "storage")
+TOP_LEVEL = ("name", "smoke", "base", "space", *SECTIONS)
+# attribute -> (lowest, lowest allowed?, highest)
+_LIMITS = {"target_density": (0.0, False, 1.0), "seed": (0, True, 2**32 - 1), "grace_period": (0, False, None),
+           "reduction_factor": (1.0, False, None), "max_t": (0.0, True, None),
+           "num_samples": (0, False, None), "max_concurrent": (0, False, None),
+           "time_limit_s": (0.0, True, None), "cpu": (0.0, False, None), "gpu": (0.0, True, None)}
 
 
 @dataclass(frozen=True, kw_only=True)
 class Sweep:
-    """One sweep, validated; storage entries are resolved (absolute paths, full URIs)."""
+    """One sweep, validated; storage entries are resolved (absolute paths, full URIs). Build it with
+    `load_sweep` or `sweep_from_dict` (keyword-only fields: no positional construction)."""
 
     name: str
     base: Ticket
@@ -99,22 +105,23 @@ class Sweep:
 
     def to_toml_dict(self) -> dict[str, Any]:
         """A sweep-file document (TOML types only) that reads back to an equal Sweep (for resume)."""
-        doc: dict[str, Any] = {"name": self.name}
-        if self.smoke:
-            doc["smoke"] = True
-        doc["base"] = {k: list(v) if isinstance(v, tuple) else v
-                       for k, v in self.base.flat().items() if v is not None}
-        doc["space"] = {dim.key: dim.to_toml() for dim in self.space}
-        for section, entries in ENTRIES.items():
-            doc[section] = {f: getattr(self, a) for f, a in entries.items() if getattr(self, a) is not None}
+        doc: dict[str, Any] = {"name": self.name, **({"smoke": True} if self.smoke else {}),
+                               "base": {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in self.base.flat().items() if v is not None},
+                               "space": {dim.key: dim.to_toml() for dim in self.space}}
+        for entry, attr in ENTRIES.items():
+            section, _, field = entry.rpartition(".")
+            if section and getattr(self, attr) is not None:
+                doc.setdefault(section, {})[field] = getattr(self, attr)
         if self.max_t == _derived_max_t(self.base, self.space):
-            doc["scheduler"]["max_t"] = 0.0  # keep it derived if the ticket is changed on resume
+            doc["scheduler"]["max_t"] = 0.0  # stays derived if the ticket changes on resume
         return doc
 
 
 _TYPES = typing.get_type_hints(Sweep)
-_DEFAULTS: dict[str, Any] = {**{f.name: f.default for f in dataclasses.fields(Sweep)
-                                if f.default is not dataclasses.MISSING}, **STORAGE_DEFAULTS}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Sweep) if f.default is not dataclasses.MISSING}
+_DEFAULTS.update(root="runs", tracking_uri="", artifact_root="", optuna_storage="", ray_storage="",
+                 ray_address="")
 
 
 def load_sweep(path: str | Path, sets: list[str] | None = None, *, smoke: bool = False,
@@ -129,116 +136,111 @@ def sweep_from_dict(doc: dict[str, Any], sets: list[str] | None = None, *, smoke
     try:
         return _build(doc, parse_sets(sets), smoke, Path.cwd() if cwd is None else Path(cwd))
     except ConfigError as e:
-        message = f"{source}: {e}".replace("\r", "\\r").replace("\n", "\\n")
-        raise ConfigError(message) from e
+        raise ConfigError(f"{source}: {e}".replace("\r", "\\r").replace("\n", "\\n")) from e
 
 
 def _build(doc: Any, sets: dict[str, str], smoke: bool, cwd: Path) -> Sweep:
-    if not isinstance(doc, dict):
-        raise ConfigError("expected a table of sections")
-    _known("unknown section", list(doc), TOP_LEVEL, "valid sections")
-    top, base_flat, space, sections, fixed = _read(doc)
-    _apply_sets(sets, top, base_flat, sections, fixed)
-    name = _retype("name", top.get("name"), str)
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"name: {name!r} must be 1-128 letters, digits, - _ . (starting with a letter "
-                          "or digit); it names the MLflow experiment and the Ray run")
-    smoke = smoke or _retype("smoke", top.get("smoke", False), bool)
-    f = _fields(sections)
-    _check_fields(f)
+    raw, base_flat, space = _read(doc)
+    fixed = _apply_sets(sets, raw, base_flat)
+    if "name" not in raw:
+        raise ConfigError("name: missing; a sweep needs a name (letters, digits, - _ .)")
+    f = {attr: _retype(_label(entry), raw.get(entry, _DEFAULTS.get(attr)), _TYPES[attr])
+         for entry, attr in ENTRIES.items()}
+    _check(f)
     base = _base(base_flat, f, cwd)
     dims = parse_space(space, base, skip=fixed)
     if f["objective"] == "accuracy_at_density" and any(d.key == "prune.target_density" for d in dims):
         raise ConfigError('[space] "prune.target_density": accuracy_at_density fixes it to [objective] '
                           "target_density; search it with objective pareto")
-    if smoke:
+    f["smoke"] = f["smoke"] or smoke
+    if f["smoke"]:
         base, dims = _smoke(base, dims, f)
     f["max_t"] = f["max_t"] or _derived_max_t(base, dims)
     if f["scheduler"] == "asha" and f["grace_period"] > f["max_t"]:
         raise ConfigError(f"[scheduler] grace_period {f['grace_period']} exceeds max_t {f['max_t']:g}")
-    f.update(_storage(f, name, cwd))
-    return Sweep(name=name, base=base, space=dims, smoke=smoke, **f)
+    f.update(resolve_storage(f, cwd))  # uses f["name"] for the journal file
+    return Sweep(base=base, space=dims, **f)
 
 
-def _known(what: str, names: list[str], valid: tuple[str, ...] | list[str], label: str) -> None:
-    for name in names:
-        if name not in valid:
-            close = difflib.get_close_matches(str(name), valid, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{what} {json.dumps(name)}{hint}; {label}: {', '.join(valid)}")
+def _label(entry: str) -> str:
+    section, _, field = entry.rpartition(".")
+    return f"[{section}] {field}" if section else entry
 
 
-def _table(doc: dict[str, Any], section: str) -> dict[str, Any]:
-    table = doc.get(section, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{section}] must be a table")
-    return dict(table)
+def _unknown(what: str, name: Any, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(name), valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{what} {json.dumps(name)}{hint}; valid {what.split()[-1]}s: {', '.join(valid)}")
 
 
-def _read(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any],
-                                        dict[str, dict[str, Any]], set[str]]:
-    """The document's parts, copied so --set can change them."""
-    top = {k: doc[k] for k in ("name", "smoke") if k in doc}
-    sections = {s: _table(doc, s) for s in ENTRIES}
-    for s, table in sections.items():
-        _known(f"[{s}] unknown field", list(table), list(ENTRIES[s]), "valid fields")
-    return top, from_nested(_table(doc, "base")), _table(doc, "space"), sections, set()
+def _read(doc: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The document as {entry: value}, the base as flat keys, and the space table (all copies)."""
+    if not isinstance(doc, dict):
+        raise ConfigError("expected a table of sections")
+    raw = {k: doc[k] for k in ("name", "smoke") if k in doc}
+    tables = {}
+    for section, table in doc.items():
+        if section not in TOP_LEVEL:
+            raise _unknown("unknown section", section, list(TOP_LEVEL))
+        if section in ("name", "smoke"):
+            continue
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        tables[section] = table
+    for section in SECTIONS:
+        for field, value in tables.get(section, {}).items():
+            if f"{section}.{field}" not in ENTRIES:
+                fields = [e.split(".")[1] for e in ENTRIES if e.startswith(f"{section}.")]
+                raise _unknown(f"[{section}] unknown field", field, fields)
+            raw[f"{section}.{field}"] = value
+    return raw, from_nested(tables.get("base", {})), dict(tables.get("space", {}))
 
 
-def _apply_sets(sets: dict[str, str], top: dict[str, Any], base_flat: dict[str, Any],
-                sections: dict[str, dict[str, Any]], fixed: set[str]) -> None:
-    """A ticket key goes to the base and leaves the space; `section.field` to that entry."""
-    entries = [f"{s}.{f}" for s, fs in ENTRIES.items() for f in fs]
+def _apply_sets(sets: dict[str, str], raw: dict[str, Any], base_flat: dict[str, Any]) -> set[str]:
+    """A ticket key goes to the base and leaves the space (returned); a sweep entry replaces the entry."""
+    fixed = set()
     for key, value in sets.items():
         ticket_key = key.removeprefix("base.")
         if ticket_key in KEYS:
             base_flat[ticket_key] = value
             fixed.add(ticket_key)
             if ticket_key == "prune.target_density":
-                sections["objective"]["target_density"] = value  # the sweep's target follows it
-        elif key in ("name", "smoke"):
-            top[key] = value
-        elif key in entries:
-            section, field = key.split(".", 1)
-            sections[section][field] = value
+                raw["objective.target_density"] = value  # the sweep's target follows it
+        elif key in ENTRIES:
+            raw[key] = value
         else:
-            _known("--set: unknown key", [key], ["name", "smoke", *entries, *KEYS], "valid keys")
+            raise _unknown("--set: unknown key", key, [*ENTRIES, *KEYS])
+    return fixed
 
 
 def _retype(entry: str, raw: Any, tp: Any) -> Any:
-    """A sweep entry (from TOML or a --set string) as its field's type."""
+    """A sweep entry from TOML or a --set string as its field's type."""
     if tp == float | None:
-        none = raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none"))
-        return None if none else _retype(entry, raw, float)
-    value: Any = None
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none")):
+            return None
+        tp = float
+    value = raw
     if isinstance(raw, str) and tp is not str:
-        text = raw.strip().lower()
-        value = {"true": True, "false": False}.get(text) if tp is bool else _parse_number(text, tp)
-    elif tp is bool or isinstance(raw, bool):
-        value = raw if tp is bool and isinstance(raw, bool) else None
-    elif tp is str:
-        value = raw if isinstance(raw, str) else None
-    elif isinstance(raw, int | float) and finite(raw):
+        value = {"true": True, "false": False}.get(raw.strip().lower()) if tp is bool else _parse(raw, tp)
+    elif tp in (int, float) and isinstance(raw, int | float) and not isinstance(raw, bool) and finite(raw):
         value = tp(raw) if tp is float or float(raw).is_integer() else None
-    if value is None or (isinstance(value, float) and not finite(value)):
+    if type(value) is not tp or (tp is float and not finite(value)):
         kind = {str: "text", bool: "true/false", int: "an integer", float: "a finite number"}[tp]
         raise ConfigError(f"{entry}: cannot read {raw!r} as {kind}")
     return value
 
 
-def _parse_number(text: str, tp: Any) -> Any:
+def _parse(text: str, tp: Any) -> Any:
     try:
-        return tp(text)
+        return tp(text.strip())
     except ValueError:
         return None
 
 
-def _fields(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {attr: _retype(f"[{s}] {field}", sections[s].get(field, _DEFAULTS[attr]), _TYPES[attr])
-            for s, entries in ENTRIES.items() for field, attr in entries.items()}
-
-
-def _check_fields(f: dict[str, Any]) -> None:
+def _check(f: dict[str, Any]) -> None:
+    if not _NAME.fullmatch(f["name"]):
+        raise ConfigError(f"name: {f['name']!r} must be 1-128 letters, digits, - _ . (starting with a "
+                          "letter or digit); it names the MLflow experiment and the Ray run")
     _choice("[objective] name", f["objective"], OBJECTIVES)
     _choice("[search] sampler", f["sampler"], SAMPLERS)
     if f["objective"] == "pareto":
@@ -246,17 +248,13 @@ def _check_fields(f: dict[str, Any]) -> None:
     elif f["sampler"] == "nsga2":
         _choice("[search] sampler", "nsga2", ("tpe", "random", "gp"), " for one objective")
     _choice("[scheduler] name", f["scheduler"], SCHEDULERS)
-    td = f["target_density"]
-    _above("[objective] target_density", td if td is not None else 1.0, 0.0, at_most=1.0)
-    _above("[search] seed", f["seed"], 0, or_equal=True, at_most=2**32 - 1)
-    _above("[scheduler] grace_period", f["grace_period"], 0)
-    _above("[scheduler] reduction_factor", f["reduction_factor"], 1.0)
-    _above("[scheduler] max_t", f["max_t"], 0.0, or_equal=True)
-    _above("[budget] num_samples", f["num_samples"], 0)
-    _above("[budget] max_concurrent", f["max_concurrent"], 0)
-    _above("[budget] time_limit_s", f["time_limit_s"], 0.0, or_equal=True)
-    _above("[resources] cpu", f["cpu"], 0.0)
-    _above("[resources] gpu", f["gpu"], 0.0, or_equal=True)
+    for attr, (low, low_ok, high) in _LIMITS.items():
+        value = f[attr]
+        if value is not None and (value < low or (value == low and not low_ok)
+                                  or (high is not None and value > high)):
+            bound = f"{'at least' if low_ok else 'above'} {low}" + (f" and at most {high}" if high else "")
+            entry = next(e for e, a in ENTRIES.items() if a == attr)
+            raise ConfigError(f"{_label(entry)}: {value!r} must be {bound}")
     if f["gpu"] > 1 and not float(f["gpu"]).is_integer():
         raise ConfigError(f"[resources] gpu: {f['gpu']:g} must be a whole number above 1 (Ray shares "
                           "only fractions of one GPU)")
@@ -267,29 +265,21 @@ def _choice(entry: str, value: str, choices: tuple[str, ...], context: str = "")
         raise ConfigError(f"{entry}: unknown value '{value}'{context}; valid choices: {', '.join(choices)}")
 
 
-def _above(entry: str, value: float, low: float, *, or_equal: bool = False,
-           at_most: float | None = None) -> None:
-    if value < low or (value == low and not or_equal) or (at_most is not None and value > at_most):
-        bound = f"{'at least' if or_equal else 'above'} {low}"
-        bound += f" and at most {at_most}" if at_most is not None else ""
-        raise ConfigError(f"{entry}: {value!r} must be {bound}")
-
-
 def _base(flat: dict[str, Any], f: dict[str, Any], cwd: Path) -> Ticket:
     """The base ticket: the file's keys, the sweep's target density, absolute paths."""
-    base = _ticket(flat)
-    td = f["target_density"] if f["target_density"] is not None else base.prune.target_density
-    if td is not None and base.prune.target_density not in (None, td):
+    td = f["target_density"]
+    base = _ticket(flat if td is None else {"prune.target_density": td, **flat})
+    if td is not None and base.prune.target_density != td:
         raise ConfigError(f"[base] prune.target_density {base.prune.target_density:g} disagrees with "
                           f"[objective] target_density {td:g}; set only one")
+    f["target_density"] = td = base.prune.target_density
     if td is None and f["objective"] == "accuracy_at_density":
         raise ConfigError("[objective] target_density: accuracy_at_density needs a density in (0, 1]")
-    f["target_density"] = td
-    updates: dict[str, Any] = {"prune.target_density": td, "data.root": _path(base.data.root, cwd)}
+    updates: dict[str, Any] = {"data.root": absolute(base.data.root, cwd, "[base] data.root")}
     if f["objective"] == "accuracy_at_density" and "prune.levels" not in flat:
         updates["prune.levels"] = IMP_LEVELS_UNTIL_TARGET
-    if base.prune.init_mask and not _SCHEME.match(base.prune.init_mask):
-        updates["prune.init_mask"] = _path(base.prune.init_mask, cwd)
+    if base.prune.init_mask and not SCHEME.match(base.prune.init_mask):
+        updates["prune.init_mask"] = absolute(base.prune.init_mask, cwd, "[base] prune.init_mask")
     return _ticket({**base.flat(), **updates})
 
 
@@ -324,70 +314,3 @@ def _smoke(base: Ticket, dims: tuple[Dim, ...], f: dict[str, Any]) -> tuple[Tick
 def _derived_max_t(base: Ticket, dims: tuple[Dim, ...]) -> float:
     """ASHA's max_t in cumulative epochs: every level (dense level 0 included) at the most epochs."""
     return (upper(dims, base, "prune.levels") + 1) * upper(dims, base, "train.epochs")
-
-
-def _storage(f: dict[str, Any], name: str, cwd: Path) -> dict[str, str]:
-    if not f["root"].strip():
-        raise ConfigError("[storage] root: must name a folder")
-    root = _path(f["root"], cwd)
-    tracking = _uri(f["tracking_uri"], cwd)
-    if tracking and not _SCHEME.match(tracking) and tracking != "databricks":
-        raise ConfigError(f"[storage] tracking_uri: {tracking!r} is not a URI; use "
-                          "sqlite:///path/mlflow.db, http://host:5000 or postgresql://...")
-    return {"root": root,
-            "tracking_uri": tracking or f"sqlite:///{os.path.join(root, 'mlflow.db')}",
-            "artifact_root": _location(f["artifact_root"], cwd) or os.path.join(root, "artifacts"),
-            "optuna_storage": _location(_uri(f["optuna_storage"], cwd), cwd)
-            or os.path.join(root, "optuna", f"{name}.journal"),
-            "ray_storage": _location(f["ray_storage"], cwd) or os.path.join(root, "ray"),
-            "ray_address": f["ray_address"].strip()}
-
-
-def _path(path: str, cwd: Path) -> str:
-    """Absolute and normalised, symlinks kept (a shared mount may be a link on every node)."""
-    if "\0" in path:
-        raise ConfigError(f"path {path!r} contains a NUL character")
-    return os.path.abspath(os.path.join(cwd, os.path.expanduser(path)))
-
-
-def _location(text: str, cwd: Path) -> str:
-    """'' stays ''; a URI (s3://, file://) is kept; a plain path becomes absolute."""
-    text = text.strip()
-    return text if not text or _SCHEME.match(text) else _path(text, cwd)
-
-
-def _uri(text: str, cwd: Path) -> str:
-    """A relative sqlite:///path made absolute (trials and the driver have different cwds)."""
-    text = text.strip()
-    rest = text.removeprefix("sqlite:///")
-    if rest != text and rest and not rest.startswith("/") and not rest.startswith(":memory:"):
-        return f"sqlite:///{_path(rest, cwd)}"
-    return text
-
-
-def dump_toml(doc: dict[str, Any]) -> str:
-    """TOML text for a `Sweep.to_toml_dict()` document (the stdlib reads TOML but cannot write it)."""
-    lines = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
-    for section, table in doc.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{_toml_key(section)}]"]
-            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)  # repr of a float is valid TOML (1e-05, inf, nan)
-    if isinstance(value, str):  # JSON strings are TOML basic strings, once DEL is escaped too
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ class TicketOptunaSearch(OptunaSearch):
         if not stopped_early:
             super().on_trial_complete(trial_id, result, error)
             return
-        self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
+        study: optuna.Study = self._ot_study  # type: ignore[assignment]
+        study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
@@ -61,10 +63,20 @@ def optuna_storage(url_or_path: str) -> optuna.storages.BaseStorage:
     return JournalStorage(JournalFileBackend(url_or_path))
 
 
+class SearchSpace:
+    """The sweep's define-by-run space as a picklable object (Ray pickles the searcher with the experiment)."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        return define_by_run(self.sweep)(trial)
+
+
 def searcher(sweep: Sweep) -> TicketOptunaSearch:
     metrics, modes = sweep.metrics, sweep.modes
     return TicketOptunaSearch(
-        space=define_by_run(sweep), metric=metrics if len(metrics) > 1 else metrics[0],
+        space=SearchSpace(sweep), metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0], sampler=sampler(sweep),
         storage=optuna_storage(sweep.optuna_storage), study_name=sweep.name)
 
@@ -73,7 +85,7 @@ def scheduler(sweep: Sweep) -> TrialScheduler:
     if sweep.scheduler == "none":
         return FIFOScheduler()
     base = sweep.base
-    max_t = sweep.max_t or (base.prune.levels + 1) * base.train.epochs
+    max_t = math.ceil(sweep.max_t or (base.prune.levels + 1) * base.train.epochs)
     return ASHAScheduler(time_attr="epochs_total", metric="val_score", mode="max", max_t=max_t,
                          grace_period=min(sweep.grace_period, max_t), reduction_factor=sweep.reduction_factor)
 
@@ -110,5 +122,7 @@ def restore_tuner(sweep: Sweep, tracking: Tracking, callbacks: list[tune.Callbac
     tuner = tune.Tuner.restore(path, trainable=trainable(sweep, tracking), resume_unfinished=True,
                                resume_errored=True, param_space=param_space(sweep))
     # callbacks are not restored with the experiment: hand them in again
-    tuner._local_tuner._run_config.callbacks = callbacks  # noqa: SLF001
+    internal = tuner._local_tuner  # noqa: SLF001
+    assert internal is not None
+    internal._run_config.callbacks = callbacks  # noqa: SLF001
     return tuner

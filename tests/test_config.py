@@ -89,3 +89,14 @@ def test_trainables_never_import_search_mlflow_or_optuna() -> None:
                 names = [node.module]
             for n in names:
                 assert n.split(".")[0] not in forbidden, f"{path.name} imports {n}"
+
+
+def test_where_data_lives_does_not_change_the_id() -> None:
+    a = Ticket.from_flat({"prune.rate": 0.5, "data.root": "/a", "train.device": "cpu"})
+    assert a.id == Ticket.from_flat({"prune.rate": 0.5, "data.root": "/elsewhere"}).id
+
+
+@pytest.mark.parametrize("raw", ["nan", "1e400"])
+def test_non_finite_and_huge_numbers_are_config_errors(raw: str) -> None:
+    with pytest.raises(ConfigError, match="prune.rate"):
+        Ticket.from_flat({"prune.rate": raw})

@@ -143,8 +143,10 @@ class Ticket:
 
     @property
     def id(self) -> str:
-        """Short hash of the non-default values: adding a keyed option with a default keeps old ids."""
-        changed = {k: _jsonable(v) for k, v in self.flat().items() if v != DEFAULTS[k]}
+        """Short hash of the non-default values: adding a keyed option with a default keeps old ids.
+
+        Where data lives and which device trains it do not change the ticket, so they are left out."""
+        changed = {k: _jsonable(v) for k, v in self.flat().items() if v != DEFAULTS[k] and k not in NOT_IN_ID}
         blob = json.dumps(changed, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -167,6 +169,8 @@ KEYS: list[str] = list(_TYPES)
 DEFAULTS: dict[str, Any] = Ticket().flat()
 HELP: dict[str, str] = {f"{s}.{f.name}": f.metadata["help"]
                         for s, c in SECTIONS.items() for f in dataclasses.fields(c)}
+
+NOT_IN_ID = frozenset({"data.root", "data.download", "train.device"})
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -210,7 +214,7 @@ def _coerce(key: str, raw: Any, tp: Any) -> Any:
             items = [i.strip() if isinstance(i, str) else i for i in items]
             items = [i for i in items if i not in ("", "()", "[]")]
             return tuple(_coerce(key, i, elem) for i in items)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         pass
     else:
         raise TypeError(f"unsupported field type {tp!r} for {key}")
@@ -230,6 +234,8 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 def _range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = False,
            hi_open: bool = False) -> None:
+    if value != value:  # NaN compares false with everything: name it
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
     bad = value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi)
     if bad:
         interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"

@@ -73,8 +73,9 @@ class _Stepper:
         self.opt = make_optimizer(member.model, cfg)  # fresh optimizer state every level
         params = dict(member.model.named_parameters())
         mask = member.mask or {}
-        self.params = [params[n] for n in mask]
-        self.masks = [m.to(device=params[n].device, dtype=params[n].dtype) for n, m in mask.items()]
+        self.params: list[torch.Tensor] = [params[n] for n in mask]
+        self.masks: list[torch.Tensor] = [m.to(device=params[n].device, dtype=params[n].dtype)
+                                          for n, m in mask.items()]
 
     def step(self, task: Task, batch: tuple[torch.Tensor, torch.Tensor], lr: float) -> torch.Tensor:
         for group in self.opt.param_groups:
@@ -85,10 +86,10 @@ class _Stepper:
         if self.params:
             grads = [p.grad for p in self.params if p.grad is not None]
             if len(grads) == len(self.params):
-                torch._foreach_mul_(grads, self.masks)
+                torch._foreach_mul_(grads, self.masks)  # type: ignore[arg-type]
             self.opt.step()
             with torch.no_grad():
-                torch._foreach_mul_(self.params, self.masks)
+                torch._foreach_mul_(self.params, self.masks)  # type: ignore[arg-type]
         else:
             self.opt.step()
         return loss.detach()
