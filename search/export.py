@@ -100,7 +100,6 @@ def export_ticket(run_id: str, out: str | Path, tracking_uri: str | None = None)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ticket-export-") as tmp:
         mask = _download(client, run_id, MASK_FILE, Path(tmp) / "mask")
         density = _download(client, run_id, DENSITY_FILE, Path(tmp) / "density")
@@ -108,6 +107,7 @@ def export_ticket(run_id: str, out: str | Path, tracking_uri: str | None = None)
         maskio.load(mask)  # validate before anything lands in `out`
         _density_doc(density)
         load_rewind(rewind)
+        out.mkdir(parents=True, exist_ok=True)
         for src, name in ((mask, MASK_FILE), (density, DENSITY_FILE), (rewind, REWIND_FILE)):
             shutil.copyfile(src, out / name)
     input_shape, num_classes = _shape(ticket)

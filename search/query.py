@@ -177,8 +177,10 @@ def _tag_clause(tag: str, value: str | None) -> list[str]:
 
 
 def ticket_filter(*, max_density: float | None = None, dataset: str | None = None,
-                  scorer: str | None = None, model: str | None = None, member: str = "= 'ticket'") -> str:
-    """The filter string of the "best tickets" query (MLflow filters know `and` only)."""
+                  scorer: str | None = None, model: str | None = None, controls: bool = False) -> str:
+    """The filter string of the "best tickets" query (MLflow filters know `and` only); with
+    `controls=True` the same filters select the control runs instead."""
+    member = "!= 'ticket'" if controls else "= 'ticket'"
     clauses = [f"tags.{S.KIND} = '{S.TICKET}'", f"tags.{S.TAG_MEMBER} {member}"]
     if max_density is not None:
         if not (isinstance(max_density, int | float) and 0 < max_density <= 1):
@@ -205,7 +207,7 @@ def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run
     """ticket run id -> {control: margin}, from one query for every control run of these experiments."""
     if not any(r.data.params.get("prune.controls") for r in tickets):
         return {}
-    controls = search_all(client, exp_ids, ticket_filter(**filters, member="!= 'ticket'"),
+    controls = search_all(client, exp_ids, ticket_filter(**{**filters, "max_density": None}, controls=True),
                           order_by=["attributes.start_time ASC"])
     by_key: dict[tuple[str, str], dict[str, float]] = {}
     for c in controls:  # later duplicates (a restarted trial) win

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,10 @@ from search.tracking import Tracking, ensure_local_store, prepare
 from search.tuner import build_tuner, restore_tuner
 from trainables.config import ConfigError
 from trainables.data import load as load_data
+
+# Checkpoints at every level boundary are the design; Ray's warning about frequent snapshots is noise here.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV loggers nobody reads
 
 
 @dataclass

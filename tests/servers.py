@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -132,7 +132,7 @@ class MlflowServer:
         while time.monotonic() < deadline:
             code = self._proc.poll()
             if code is not None:
-                self._proc = None
+                self.stop()  # reap it, and anything it started
                 raise RuntimeError(f"mlflow server exited with code {code} before answering /health; "
                                    f"last lines of {self.log_path}:\n{self.log_tail()}")
             if self._healthy():
@@ -186,7 +186,5 @@ class MlflowServer:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with suppress(ProcessLookupError):  # nothing left in the group
         os.killpg(pgid, sig)
-    except ProcessLookupError:  # nothing left in the group
-        pass

@@ -68,9 +68,13 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None) -> None:
                 checkpoint.save(lottery.state, folder)
                 tune.report(level_metrics(result, lottery.state),
                             checkpoint=tune.Checkpoint.from_directory(folder))
-    except BaseException as e:
+    except Exception as e:
         if sink is not None:
             sink.finish("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    except BaseException:  # Tune stops a trial (scheduler, stopper) by raising SystemExit in its thread
+        if sink is not None:
+            sink.finish("KILLED")  # the driver's callback records why
         raise
     if sink is not None:
         sink.finish("FINISHED")
