@@ -14,7 +14,7 @@ set -euo pipefail
 home=${TS_MLFLOW_HOME:-$HOME/mlflow}
 pidfile=$home/server.pid
 log=$home/server.log
-health_timeout_s=${TS_MLFLOW_HEALTH_TIMEOUT_S:-180}  # about 11 s on 2 cores; a cold first start is slower
+health_timeout_s=${TS_MLFLOW_HEALTH_TIMEOUT_S:-180}  # 7-12 s on 2 cores; a cold first start is slower
 
 die() { echo "head_services.sh: $*" >&2; exit 1; }
 

@@ -27,7 +27,6 @@ from trainables.data import load as load_data
 
 # Checkpoints at every level boundary are the design; Ray's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV loggers nobody reads
 
 
 @dataclass

@@ -24,14 +24,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def _finish(console: Console, outcome: SweepOutcome) -> int:
+    """The end of a sweep: the best tickets, the plot, and how to look at everything in MLflow."""
     from search.plot import plot_sweep
-    from search.querycmd import print_best
+    from search.querycmd import best_command
 
     s = outcome.sweep
     console.print(f"[bold]sweep {s.name}[/]: {outcome.trials} trials, {outcome.errored} failed")
-    print_best(console, tracking_uri=s.tracking_uri, sweep=s.name, top=5)
-    png = plot_sweep(s.tracking_uri, s.name)
-    console.print(f"plot: {png}")
+    best_command(argparse.Namespace(tracking_uri=s.tracking_uri, sweep=s.name, max_density=None, dataset=None,
+                                    scorer=None, model=None, top=5, json=False))
+    png = plot_sweep(s.name, s.tracking_uri)
+    if png is not None:
+        console.print(f"plot: {png}")
     if s.tracking_uri.startswith("sqlite:"):
         console.print(f"MLflow UI: mlflow ui --backend-store-uri {s.tracking_uri}  (then open http://127.0.0.1:5000)")
     else:

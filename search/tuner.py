@@ -101,6 +101,11 @@ def param_space(sweep: Sweep) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in sweep.base.flat().items()}
 
 
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default spells out every config key and overflows paths)."""
+    return f"trial_{trial.trial_id}"
+
+
 def build_tuner(sweep: Sweep, tracking: Tracking, callbacks: list[tune.Callback]) -> tune.Tuner:
     search_alg = ConcurrencyLimiter(searcher(sweep), max_concurrent=sweep.max_concurrent)
     return tune.Tuner(
@@ -108,7 +113,8 @@ def build_tuner(sweep: Sweep, tracking: Tracking, callbacks: list[tune.Callback]
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler(sweep),
                                     num_samples=sweep.num_samples, reuse_actors=True,
-                                    time_budget_s=sweep.time_limit_s or None),
+                                    time_budget_s=sweep.time_limit_s or None,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=sweep.ray_storage, stop=CollapseStopper(), callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),

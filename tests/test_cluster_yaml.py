@@ -46,7 +46,6 @@ SECRET = re.compile(r"""(?imx)
 """)
 
 
-
 def load() -> dict[str, Any]:
     return yaml.safe_load(TEXT)
 
@@ -76,7 +75,7 @@ def test_ray_validates_the_config() -> None:
     (lambda c: c["available_node_types"]["head"].update(resource={"CPU": 0}),
      r"Additional properties are not allowed \('resource' was unexpected\)"),
     (lambda c: next(iter(workers(c).values()))["resources"].update(GPU=0.5), r"0\.5 is not of type 'integer'"),
-])
+], ids=["unknown-top-level-key", "unknown-node-key", "fractional-resource"])
 def test_ray_rejects_unknown_keys_and_fractional_resources(edit, message: str) -> None:
     config = load()
     edit(config)

@@ -1,7 +1,7 @@
 """The test servers in servers.py: a real `mlflow server` on a fresh PostgreSQL database, restarted.
 
-Slow: one `mlflow server` start takes about 11 s on 2 cores (it imports MLflow, then spawns uvicorn, which
-imports it again), and the restart test starts it twice.
+Slow: one `mlflow server` start takes 6.5-12 s on 2 cores (it imports MLflow, then spawns uvicorn, which
+imports it again; the first start on a fresh database also migrates it), and the restart test starts it twice.
 """
 
 from __future__ import annotations
