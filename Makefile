@@ -22,7 +22,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 sweep: $(STAMP)
-	$(BIN)/ticket-search run --out runs/default
+	$(BIN)/ticket-search sweep sweeps/digits.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check search trainables tests benchmarks

@@ -19,15 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ticket-search",
                                 description="Find lottery tickets: one search locally, or sweeps on Ray.")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    run = sub.add_parser("run", help="one ticket search on this machine, no Ray")
-    run.add_argument("ticket", nargs="?", help="TOML file with [data]/[model]/[train]/[prune] keys")
-    run.add_argument("--set", dest="sets", nargs="+", action="extend", metavar="KEY=VALUE",
-                     help="override keys, e.g. --set prune.rate=0.5 prune.controls=shuffle,reinit")
-    run.add_argument("--out", help="write results.json, masks/ and a resumable checkpoint here")
-    run.add_argument("--resume", action="store_true", help="continue the search saved in --out")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    from search import querycmd, sweepcmd
+    from search import querycmd, runcmd, sweepcmd
 
+    runcmd.add_parser(sub)
     sweepcmd.add_parsers(sub)
     querycmd.add_parsers(sub)
     return p

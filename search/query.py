@@ -146,6 +146,16 @@ def objective(client: MlflowClient, exp_id: str) -> str:
     return parent.data.params.get("objective", "accuracy_at_density") if parent else "accuracy_at_density"
 
 
+def target_density(client: MlflowClient, exp_id: str) -> float | None:
+    """The density an `accuracy_at_density` sweep aims at, as its parent run recorded it (a hair above)."""
+    parent = parent_run(client, exp_id)
+    raw = parent.data.params.get("target_density", "None") if parent else "None"
+    try:
+        return float(raw) + 1e-9
+    except ValueError:
+        return None
+
+
 def sweep_objective(tracking_uri: str | None, sweep: str) -> str:
     """The sweep's objective as its parent run recorded it (`accuracy_at_density` when unrecorded)."""
     client = client_for(tracking_uri)
@@ -228,7 +238,8 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
 
     One `search_runs` query selects the tickets (filters and ranking done by MLflow); a second one
     fetches the control runs when any ticket has controls. `sweep=None` searches every experiment and
-    ranks. `top` caps a ranked list; a Pareto front comes whole (cutting it would hide one end of the
+    ranks; with a sweep and no `max_density`, an `accuracy_at_density` sweep's own target density filters.
+    `top` caps a ranked list; a Pareto front comes whole (cutting it would hide one end of the
     trade-off).
     """
     if top is not None and top < 1:
@@ -238,6 +249,8 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     if sweep is not None:
         exp_ids = [experiment_id(client, sweep)]
         pareto = objective(client, exp_ids[0]) == PARETO
+        if max_density is None and not pareto:  # a sweep's best tickets are those at its target density
+            filters["max_density"] = target_density(client, exp_ids[0])
     else:
         exp_ids, pareto = [str(e.experiment_id) for e in _experiments(client)], False
     if not exp_ids:

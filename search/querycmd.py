@@ -20,8 +20,9 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.table import Table
+
+from search.console import console as make_console
 
 if TYPE_CHECKING:
     from search.export import MaskComparison
@@ -61,7 +62,7 @@ def best_command(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([r.to_json() for r in records])
         return 0
-    console = Console()
+    console = make_console()
     if not records:
         where = f"sweep '{args.sweep}'" if args.sweep else "any sweep"
         console.print(f"No ticket runs in {where} match these filters yet.")
@@ -78,7 +79,7 @@ def export_command(args: argparse.Namespace) -> int:
     from search.export import export_ticket
 
     out = export_ticket(args.run_id, args.out, args.tracking_uri)
-    Console().print(f"exported ticket {args.run_id} to {out.resolve()} "
+    make_console().print(f"exported ticket {args.run_id} to {out.resolve()} "
                     f"(load it with trainables.ticketio.load_ticket)")
     return 0
 
@@ -103,7 +104,7 @@ def compare_command(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(comparison.to_json())
     else:
-        Console().print(compare_table(comparison))
+        make_console().print(compare_table(comparison))
     return 0
 
 
@@ -111,7 +112,7 @@ def plot_command(args: argparse.Namespace) -> int:
     from search.plot import plot_sweep
 
     path = plot_sweep(args.sweep, args.tracking_uri, args.out)
-    console = Console()
+    console = make_console()
     if path is None:
         console.print(f"Sweep '{args.sweep}' has no ticket runs yet: nothing to plot.")
     else:

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from search.console import console as make_console
 from search.overrides import load_ticket
 from trainables import checkpoint
 from trainables.config import ConfigError, Ticket
@@ -38,10 +38,26 @@ def level_table(results: list[LevelResult]) -> Table:
     return table
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    run = sub.add_parser("run", help="one ticket search on this machine, no Ray")
+    run.add_argument("ticket", nargs="?", help="TOML file with [data]/[model]/[train]/[prune] keys")
+    run.add_argument("--set", dest="sets", nargs="+", action="extend", metavar="KEY=VALUE",
+                     help="override keys, e.g. --set prune.rate=0.5 prune.controls=shuffle,reinit")
+    run.add_argument("--out", help="write results.json, masks/ and a resumable checkpoint here")
+    run.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--tracking-uri", help="MLflow store for prune.init_mask=runs:/RUN_ID "
+                                            "(default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
+
+
 def run_command(args: argparse.Namespace) -> int:
-    console = Console(stderr=False)
+    console = make_console()
     out = Path(args.out).resolve() if args.out else None
     ticket = load_ticket(args.ticket, args.sets)
+    if ticket.prune.init_mask.startswith("runs:"):  # ticket transfer from a tracked run
+        from search.export import resolve_init_mask
+
+        ticket = resolve_init_mask(ticket, args.tracking_uri)
     state: State | None = None
     if args.resume:
         if out is None or not (out / "checkpoint" / "state.json").is_file():

@@ -7,6 +7,7 @@ answers), creates the MLflow experiment and parent run, records the resolved swe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -66,8 +67,10 @@ def load_record(name: str, root: str | Path = "runs") -> Sweep:
     return sweep_from_dict(json.loads(path.read_text()), cwd=Path(root).resolve().parent)
 
 
-def preflight(sweep: Sweep) -> None:
-    """Fail before any trial runs: a missing dataset, or a tracking store that does not answer."""
+def preflight(sweep: Sweep) -> Sweep:
+    """Fail before any trial runs: a missing dataset, or a tracking store that does not answer.
+
+    Returns the sweep with a `runs:/` ticket-transfer mask downloaded once, by the driver, under the root."""
     load_data(sweep.base.data, "cpu")
     ensure_local_store(sweep.tracking_uri)
     try:
@@ -75,6 +78,12 @@ def preflight(sweep: Sweep) -> None:
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot track", said in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"storage.tracking_uri: cannot reach {sweep.tracking_uri} ({first[:200]})") from e
+    if sweep.base.prune.init_mask.startswith("runs:"):
+        from search.export import resolve_init_mask
+
+        base = resolve_init_mask(sweep.base, sweep.tracking_uri, cache_dir=Path(sweep.root) / "init_masks")
+        sweep = dataclasses.replace(sweep, base=base)
+    return sweep
 
 
 def init_ray(sweep: Sweep) -> None:
@@ -87,7 +96,7 @@ def init_ray(sweep: Sweep) -> None:
 def run_sweep(sweep: Sweep, *, resume: bool = False, callbacks: list[tune.Callback] | None = None,
               ) -> SweepOutcome:
     """Run (or continue) a sweep; every trial's tickets land in MLflow under the sweep's experiment."""
-    preflight(sweep)
+    sweep = preflight(sweep)
     experiment = Path(sweep.ray_storage) / sweep.name
     if resume and not tune.Tuner.can_restore(str(experiment)):
         raise ConfigError(f"resume: nothing to resume at {experiment}")

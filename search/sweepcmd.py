@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from search.console import console as make_console
+
 if TYPE_CHECKING:
     from search.runner import SweepOutcome
 
@@ -47,7 +49,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     from search.runner import run_sweep
     from search.sweepfile import load_sweep
 
-    console = Console()
+    console = make_console()
     sweep = load_sweep(args.sweep_file, args.sets, smoke=args.smoke)
     console.print(f"sweep [bold]{sweep.name}[/]: {sweep.num_samples} trials, {sweep.max_concurrent} at a time, "
                   f"objective {sweep.objective}, sampler {sweep.sampler}, scheduler {sweep.scheduler}"
@@ -60,7 +62,7 @@ def resume_command(args: argparse.Namespace) -> int:
     from search.callbacks import ProgressCallback
     from search.runner import load_record, run_sweep
 
-    console = Console()
+    console = make_console()
     sweep = load_record(args.name, args.root)
     console.print(f"resuming sweep [bold]{sweep.name}[/]")
     outcome = run_sweep(sweep, resume=True, callbacks=[ProgressCallback(console.print)])

@@ -100,3 +100,9 @@ def test_where_data_lives_does_not_change_the_id() -> None:
 def test_non_finite_and_huge_numbers_are_config_errors(raw: str) -> None:
     with pytest.raises(ConfigError, match="prune.rate"):
         Ticket.from_flat({"prune.rate": raw})
+
+
+def test_readme_lists_every_key() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [k for k in KEYS if f"`{k}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"

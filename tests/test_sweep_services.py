@@ -15,13 +15,13 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from ray import tune
+from servers import MlflowServer, postgres_database
+from test_sweep import study, sweep_doc, ticket_runs
 
 from search import schema as S
 from search.runner import run_sweep
 from search.sweepfile import sweep_from_dict
 from search.tuner import optuna_storage
-from servers import MlflowServer, postgres_database
-from test_sweep import study, sweep_doc, ticket_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
