@@ -24,15 +24,24 @@ EVAL_CHUNK = 4096  # examples per evaluation forward pass: bounds memory, keeps 
 
 
 class Task(Protocol):
-    """The contract between the training loop and a problem."""
+    """The contract between the training loop and a problem.
+
+    `step_loss(model, it)` is what the loop calls: the loss of iteration `it` for one member. Supervised
+    tasks (`shared_batches = True`) answer it from `batch(it)`, the same batch for every member, which
+    lets members train together in one batched pass; a task whose data depends on the member (an RL
+    policy's own rollouts) sets `shared_batches = False` and the loop trains members one by one.
+    """
 
     input_shape: tuple[int, ...]
+    shared_batches: bool
 
     def iters_per_epoch(self) -> int: ...
 
     def batch(self, it: int) -> Batch: ...
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    def step_loss(self, model: nn.Module, it: int) -> torch.Tensor: ...
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
 
@@ -42,8 +51,12 @@ class Task(Protocol):
 class Classification:
     """Image (or vector) classification on an in-memory `Dataset` held on the training device."""
 
+    shared_batches = True
+
     def __init__(self, data: Dataset, *, batch_size: int, seed: int) -> None:
         self.data = data
+        self._batch_it = -1
+        self._batch: Batch | None = None
         self.input_shape = data.input_shape
         self.batch_size = min(batch_size, len(data.train))
         self.seed = seed
@@ -62,6 +75,12 @@ class Classification:
         return self._perm
 
     def batch(self, it: int) -> Batch:
+        if it == self._batch_it and self._batch is not None:  # every member of a level asks for it in turn
+            return self._batch
+        self._batch_it, self._batch = it, self._make_batch(it)
+        return self._batch
+
+    def _make_batch(self, it: int) -> Batch:
         ipe = self.iters_per_epoch()
         epoch, b = divmod(it, ipe)
         idx = self._permutation(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
@@ -73,6 +92,9 @@ class Classification:
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         x, y = batch
         return F.cross_entropy(model(x), y)
+
+    def step_loss(self, model: nn.Module, it: int) -> torch.Tensor:
+        return self.loss(model, self.batch(it))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:

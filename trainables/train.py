@@ -77,11 +77,11 @@ class _Stepper:
         self.masks: list[torch.Tensor] = [m.to(device=params[n].device, dtype=params[n].dtype)
                                           for n, m in mask.items()]
 
-    def step(self, task: Task, batch: tuple[torch.Tensor, torch.Tensor], lr: float) -> torch.Tensor:
+    def step(self, task: Task, it: int, lr: float) -> torch.Tensor:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        loss = task.loss(self.model, batch)
+        loss = task.step_loss(self.model, it)
         loss.backward()
         if self.params:
             grads = [p.grad for p in self.params if p.grad is not None]
@@ -125,10 +125,9 @@ def train_members(members: list[Member], task: Task, cfg: TrainConfig, *, start:
             _capture(members)
         if it % ipe == 0 and hooks.epoch_start and hooks.epoch_start(it // ipe, members):
             break
-        batch = task.batch(it)
         lr = lr_at(it, total, cfg)
         for s in steppers:
-            s.step(task, batch, lr)
+            s.step(task, it, lr)
         it += 1
         if it % ipe == 0 or it == stop:
             _evaluate(members, task, it, ipe)
