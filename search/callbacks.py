@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search import schema as S
+from search.retry import Outbox, retry_budget_s
 from search.tracking import Tracking, find_trial_run
+
+RETRY_EVERY_S = 5.0  # how often queued trial statuses are tried again while the server is away
+log = logging.getLogger(__name__)
 
 
 class TrackingCallback(tune.Callback):
     """Marks each trial's MLflow run once Tune is done with it (stopped trials never say so themselves).
 
-    Stopped by the scheduler -> KILLED with the reason; errored -> FAILED with the error; finished ->
-    FINISHED. Workers set the status too; this makes sure no trial run is left RUNNING.
+    Stopped by the scheduler -> KILLED with the reason; diverged -> FAILED with the loss that did it;
+    errored -> FAILED with the error. A finished trial's worker sets FINISHED itself (its `finish` fails
+    the trial when it cannot), so that one needs no call from here. A mark the tracking server cannot take
+    now waits in an `Outbox`: tried again every few seconds, and waited for (up to `retry_budget_s()`)
+    when the experiment ends. Together: no trial run is left RUNNING.
     """
 
     def __init__(self, tracking: Tracking) -> None:
         self.tracking = tracking
         self._client: MlflowClient | None = None
+        self._outbox = Outbox()
+        self._last_try = 0.0
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks with the experiment
-        return {"tracking": self.tracking, "_client": None}
+        return {"tracking": self.tracking}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tracking"])  # type: ignore[misc]
 
     @property
     def client(self) -> MlflowClient:
@@ -33,17 +49,36 @@ class TrackingCallback(tune.Callback):
         return self._client
 
     def _mark(self, trial: Any, status: str, reason: str) -> None:
-        run_id = find_trial_run(self.client, self.tracking, trial.trial_id)
+        self._outbox.put(functools.partial(self._set_status, trial.trial_id, status, reason),
+                         f"trial {trial.trial_id} {status}")
+        self._drain()
+
+    def _set_status(self, trial_id: str, status: str, reason: str) -> None:
+        run_id = find_trial_run(self.client, self.tracking, trial_id)
         if run_id is None:
             return
         if reason:
             self.client.set_tag(run_id, S.TAG_STATUS_REASON, reason[:4000])
         self.client.set_terminated(run_id, status)
 
+    def _drain(self) -> None:
+        self._last_try = time.monotonic()
+        self._outbox.drain(0)
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if self._outbox.pending and time.monotonic() - self._last_try >= RETRY_EVERY_S:
+            self._drain()
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        if not self._outbox.drain(retry_budget_s()):
+            log.error("tracking: trial statuses not recorded: %s", self._outbox.describe())
+
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        if last.get("final"):
-            self._mark(trial, "FINISHED", "")
+        if last.get("diverged"):
+            self._mark(trial, "FAILED", str(last.get("status_reason") or "diverged"))
+        elif last.get("final"):
+            return  # the worker set FINISHED itself: its finish() raises, failing the trial, if it cannot
         elif last.get("collapsed"):
             self._mark(trial, "KILLED", f"stopped: layer collapse at level {last.get('level')}")
         else:
@@ -51,7 +86,17 @@ class TrackingCallback(tune.Callback):
                                         f"{last.get('epochs_total', 0):.1f}")
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._mark(trial, "FAILED", f"error: {getattr(trial, 'error_file', '') or 'see Ray logs'}")
+        self._mark(trial, "FAILED", error_text(trial))
+
+
+def error_text(trial: Any) -> str:
+    """The last line of a failed trial's error (the exception and its message), and where the rest is."""
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return f"error: see the Ray logs of trial {trial.trial_id}"
+    return f"error: {lines[-1].strip()[:1000] if lines else '?'} (traceback: {path})"
 
 
 class ProgressCallback(tune.Callback):
@@ -74,11 +119,14 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        how = "finished" if last.get("final") else "stopped early"
+        how = "diverged" if last.get("diverged") else "finished" if last.get("final") else "stopped early"
         self.emit(f"trial {trial.trial_id} {how} at {last.get('epochs_total', 0):.1f} epochs")
 
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.emit(f"trial {trial.trial_id} failed; it restarts from its last level checkpoint")
+
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.emit(f"trial {trial.trial_id} failed (it restarts from its last level if retries remain)")
+        self.emit(f"trial {trial.trial_id} failed for good (no retries left): {trial.error_file or ''}")
 
 
 def _quiet(line: str) -> None:

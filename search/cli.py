@@ -1,7 +1,8 @@
 """The `ticket-search` command line: parse, dispatch to one verb module, turn user mistakes into exit 2.
 
 A user mistake (unknown key, bad value, missing file or dataset) prints one line `error: ...` and
-exits with code 2: no traceback. Anything else is a bug and keeps its traceback.
+exits with code 2: no traceback, and nothing started (sweeps check everything before Ray starts).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -32,11 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(text: str) -> str:
+    """`text` on one printable line: a value quoted from hostile input cannot break it, or the terminal
+    (newlines, \\u2028, escape sequences and other control characters are written as escapes)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -2,8 +2,11 @@
 
 Artifacts are only ever downloaded one by name (`mask.safetensors`, `density.json`,
 `rewind.safetensors`) into a fresh temporary folder, validated, then copied under fixed names into the
-destination: nothing a run recorded ever becomes part of a local path. Run ids must be MLflow run ids
-(32 hex characters). `trainables.ticketio.load_ticket` reads an exported folder back into a network.
+destination: nothing a run recorded ever becomes part of a local path, and in a store on this file
+system an artifact that is a symlink (or resolves outside its run's folder) is refused. Run ids must be
+MLflow run ids (32 hex characters); `runs:/` URIs are matched whole, so `..`, `%2e%2e` or extra path
+parts are refused before anything is looked up. `trainables.ticketio.load_ticket` reads an exported
+folder back into a network.
 
 Example:
     >>> export_ticket("3f2a...", "exported/", "sqlite:///runs/mlflow.db")
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +42,7 @@ from search.query import (
 from trainables import maskio
 from trainables import masks as mk
 from trainables.config import ConfigError, Ticket
-from trainables.data import load as load_data
+from trainables.tasks import shapes as task_shapes
 from trainables.ticketio import DENSITY_FILE, MASK_FILE, REWIND_FILE, TICKET_JSON, load_rewind
 
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -64,12 +68,26 @@ def _download(client: MlflowClient, run_id: str, name: str, into: Path) -> Path:
     listed = {Path(f.path).name for f in client.list_artifacts(run_id) if not f.is_dir}
     if name not in listed:
         raise ConfigError(f"run {run_id} has no artifact '{name}'")
+    _check_local_artifact(client, run_id, name)
     into.mkdir(parents=True, exist_ok=False)
     with _no_progress_bar():
         path = Path(client.download_artifacts(run_id, name, str(into)))
     if path.is_symlink() or not path.is_file() or path.parent.resolve() != into.resolve():
         raise ConfigError(f"run {run_id}: artifact '{name}' did not download as a plain file")
     return path
+
+
+def _check_local_artifact(client: MlflowClient, run_id: str, name: str) -> None:
+    """In a store on this file system, the artifact must be a plain file inside the run's artifact folder:
+    a symlink planted there would make a download copy any file this user can read."""
+    uri = client.get_run(run_id).info.artifact_uri or ""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        return  # served by a tracking server or a bucket, which hand out only what is stored under the run
+    root = Path(urllib.parse.unquote(parsed.path))
+    path = root / name
+    if path.is_symlink() or not path.resolve().is_relative_to(root.resolve()):
+        raise ConfigError(f"run {run_id}: artifact '{name}' links outside the run's artifact folder; not read")
 
 
 def _density_doc(path: Path) -> dict[str, Any]:
@@ -83,12 +101,13 @@ def _density_doc(path: Path) -> dict[str, Any]:
 
 
 def _shape(ticket: Ticket) -> tuple[list[int] | None, int | None]:
-    """Input shape and class count, recorded so that loading the ticket needs no data."""
+    """Input shape and output count (classes, vocabulary, actions), recorded so that loading the ticket
+    needs no data."""
     try:
-        data = load_data(ticket.data, "cpu")
+        shape, outputs = task_shapes(ticket)
     except ConfigError:  # data not on this machine: load_ticket will read it where it is
         return None, None
-    return list(data.input_shape), data.num_classes
+    return list(shape), outputs
 
 
 def export_ticket(run_id: str, out: str | Path, tracking_uri: str | None = None) -> Path:
@@ -97,7 +116,7 @@ def export_ticket(run_id: str, out: str | Path, tracking_uri: str | None = None)
     run = get_ticket_run(client, run_id)
     trial = check_run_id(run.data.tags.get(PARENT_TAG, ""), f"run {run_id}: parent trial run id")
     ticket = Ticket.from_flat(run.data.params)
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "a/../out" is out: no folder "a" made on the way
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a folder")
     with tempfile.TemporaryDirectory(prefix="ticket-export-") as tmp:

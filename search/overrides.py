@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,10 @@ def parse_sets(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set: expected key=value, got '{pair}'")
+            raise ConfigError(f"--set: expected key=value, got {pair!r}")
+        control = next((c for c in pair if unicodedata.category(c) == "Cc"), None)
+        if control is not None:  # "1\x1f" must not pass as 1 because str.strip() removes \x1f
+            raise ConfigError(f"--set {key.strip()!r}: control character {control!r} in {pair!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -29,6 +33,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from e
+    except UnicodeDecodeError as e:  # TOML is UTF-8; tomllib lets the decoder's error through
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text: byte {e.start})") from e
+    except OSError as e:  # unreadable: permissions, a vanished file
+        raise ConfigError(f"{path}: cannot read it ({e.strerror})") from e
 
 
 def load_ticket(path: str | Path | None, sets: list[str] | None) -> Ticket:

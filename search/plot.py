@@ -28,7 +28,7 @@ from search.query import (
     sweep_tickets,
     tracking_root,
 )
-from trainables.config import ConfigError
+from trainables.config import ConfigError, score_meaning
 
 ARTIFACT_DIR = "plots"
 ARTIFACT_NAME = "accuracy_vs_sparsity.png"
@@ -49,18 +49,20 @@ def draw(records: list[TicketRecord], title: str, out: Path) -> None:
     fig = Figure(figsize=(7, 4.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    meanings = {score_meaning(r.flat.get("data.name", "")) for r in records}
+    scale = 100 if meanings <= {"accuracy"} else 1  # accuracy in percent; perplexity and return as they are
     for i, scorer in enumerate(sorted({r.scorer for r in records})):
         mine = [r for r in records if r.scorer == scorer]
-        ax.scatter([100 * r.sparsity for r in mine], [100 * r.val_score for r in mine],
+        ax.scatter([100 * r.sparsity for r in mine], [scale * r.val_score for r in mine],
                    marker=MARKERS[i % len(MARKERS)], color=f"C{i}", label=scorer, alpha=0.8)
     front = pareto_front(records)
     if front:
         # "pre": between two front points the best score reachable at that sparsity or more is the
         # sparser point's, so the line drops at each point and runs level to the next.
-        ax.step([100 * r.sparsity for r in front], [100 * r.val_score for r in front], where="pre",
+        ax.step([100 * r.sparsity for r in front], [scale * r.val_score for r in front], where="pre",
                 color="black", linewidth=1.2, label="Pareto front")
     ax.set_xlabel("sparsity (% of prunable weights removed)")
-    ax.set_ylabel("validation score (%)")
+    ax.set_ylabel("validation score (%)" if scale == 100 else f"validation score ({', '.join(sorted(meanings))})")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(title="scorer", fontsize="small")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from search.console import console as make_console
+from trainables.config import score_meaning
 
 if TYPE_CHECKING:
     from search.export import MaskComparison
@@ -34,6 +35,13 @@ if TYPE_CHECKING:
 
 def _pct(x: float | None, digits: int = 2) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
+
+
+def _score(r: TicketRecord) -> str:
+    """A validation score as its task means it: accuracy in percent, else the number (-perplexity, return)."""
+    if score_meaning(r.flat.get("data.name", "")) == "accuracy":
+        return _pct(r.val_score, 1)
+    return "-" if math.isnan(r.val_score) else f"{r.val_score:.2f}"
 
 
 def _print_json(doc: Any) -> None:
@@ -49,7 +57,7 @@ def best_table(records: list[TicketRecord], title: str) -> Table:
     for r in records:
         margins = " ".join(f"{c} {100 * m:+.1f}" for c, m in r.controls.items()) or "-"
         density = _pct(r.density, 1) + (" collapsed" if r.collapsed else "")
-        table.add_row(r.run_id, str(r.level), density, _pct(r.val_score, 1), _pct(r.test_acc, 1), r.scorer,
+        table.add_row(r.run_id, str(r.level), density, _score(r), _pct(r.test_acc, 1), r.scorer,
                       r.flat.get("prune.rate", "?"), margins)
     return table
 
@@ -71,7 +79,8 @@ def best_command(args: argparse.Namespace) -> int:
     title = (f"Pareto front of '{args.sweep}' (val score vs sparsity)" if pareto else
              f"Best tickets{f' of {args.sweep!r}' if args.sweep else ''} by validation score")
     console.print(best_table(records, title))
-    console.print("val = validation score (ranks tickets); test = test accuracy, shown, never used to rank.")
+    console.print("val = validation score (ranks tickets: accuracy, minus the perplexity of a language model, "
+                  "a policy's mean return); test = test accuracy, shown, never used to rank.")
     return 0
 
 

@@ -15,16 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from search import schema as S
 from search.callbacks import TrackingCallback
-from search.sweepfile import Sweep, sweep_from_dict
+from search.recovery import close_orphans, settle_finished
+from search.retry import call_with_retry, quick_http, retry_budget_s
+from search.sweepfile import SWEEP_NAME, Sweep, sweep_from_dict
 from search.tracking import Tracking, ensure_local_store, prepare
-from search.tuner import build_tuner, restore_tuner
+from search.tuner import build_tuner, optuna_storage, restore_tuner
 from trainables.config import ConfigError
-from trainables.data import load as load_data
+from trainables.tasks import shapes as task_shapes
 
 # Checkpoints at every level boundary are the design; Ray's warning about frequent snapshots is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -59,6 +63,9 @@ def save_record(sweep: Sweep) -> None:
 
 
 def load_record(name: str, root: str | Path = "runs") -> Sweep:
+    if not SWEEP_NAME.fullmatch(name):  # a name is a file name under <root>/sweeps: no '/', no '..'
+        raise ConfigError(f"resume: {name!r} is not a sweep name (1-128 letters, digits, - _ ., starting with a "
+                          "letter or digit)")
     path = record_path(Path(root).resolve(), name)
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
@@ -71,10 +78,11 @@ def preflight(sweep: Sweep) -> Sweep:
     """Fail before any trial runs: a missing dataset, or a tracking store that does not answer.
 
     Returns the sweep with a `runs:/` ticket-transfer mask downloaded once, by the driver, under the root."""
-    load_data(sweep.base.data, "cpu")
+    task_shapes(sweep.base)  # the dataset is there, the corpus loads, the environment exists
     ensure_local_store(sweep.tracking_uri)
     try:
-        MlflowClient(sweep.tracking_uri).search_experiments(max_results=1)
+        with quick_http():  # seconds, not MLflow's minutes of retries, to say the server is not there
+            MlflowClient(sweep.tracking_uri).search_experiments(max_results=1)
     except Exception as e:  # noqa: BLE001 - any failure here means "cannot track", said in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"storage.tracking_uri: cannot reach {sweep.tracking_uri} ({first[:200]})") from e
@@ -102,12 +110,38 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, callbacks: list[tune.Callba
         raise ConfigError(f"resume: nothing to resume at {experiment}")
     init_ray(sweep)
     tracking = prepare(sweep.tracking_uri, sweep.name, sweep.artifact_root, sweep_params(sweep), resume=resume)
+    if resume:  # what a killed driver left behind (recovery.py)
+        close_orphans(tracking)
+        study = _existing_study(sweep)
+        if study is not None:
+            settle_finished(tracking, study, sweep.metrics)
     save_record(sweep)
     cbs = [TrackingCallback(tracking), *(callbacks or [])]
     tuner = restore_tuner(sweep, tracking, cbs) if resume else build_tuner(sweep, tracking, cbs)
     grid = tuner.fit()
-    MlflowClient(tracking.tracking_uri).set_terminated(tracking.parent_run_id, "FINISHED")
+    _close_parent(tracking, sweep, grid)
     return SweepOutcome(sweep, tracking, len(grid), len(grid.errors), grid)
+
+
+def _existing_study(sweep: Sweep) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=sweep.name, storage=optuna_storage(sweep.optuna_storage))
+    except KeyError:  # no trial was ever asked for
+        return None
+
+
+def _close_parent(tracking: Tracking, sweep: Sweep, grid: Any) -> None:
+    """FINISHED once every trial ended; an interrupted sweep (Ctrl-C) stays resumable: KILLED, with how."""
+    client = MlflowClient(tracking.tracking_uri)
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    budget = retry_budget_s()
+    cut_short = len(grid) < sweep.num_samples and not sweep.time_limit_s  # a time budget ends sweeps by design
+    if unfinished > 0 or cut_short:
+        reason = f"interrupted with {unfinished} trial(s) unfinished; `ticket-search resume {sweep.name}` continues"
+        call_with_retry(lambda: client.set_tag(tracking.parent_run_id, S.TAG_STATUS_REASON, reason), "tag", budget)
+        call_with_retry(lambda: client.set_terminated(tracking.parent_run_id, "KILLED"), "status", budget)
+        return
+    call_with_retry(lambda: client.set_terminated(tracking.parent_run_id, "FINISHED"), "status", budget)
 
 
 def resume_sweep(name: str, root: str | Path = "runs", callbacks: list[tune.Callback] | None = None,

@@ -43,7 +43,7 @@ SMOKE_CAPS = {"train.epochs": 2, "prune.levels": 2, "prune.iterations": 10,
 SMOKE_DATA = {"mnist": ("1x28x28", 10), "fashion_mnist": ("1x28x28", 10), "cifar10": ("3x32x32", 10),
               "cifar100": ("3x32x32", 100), "svhn": ("3x32x32", 10)}  # -> synthetic shape, classes
 SMOKE_SIZE = 512
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # Every sweep entry, as a --set key ("section.field", or top-level), -> Sweep attribute.
 ENTRIES: dict[str, str] = {
@@ -238,7 +238,7 @@ def _parse(text: str, tp: Any) -> Any:
 
 
 def _check(f: dict[str, Any]) -> None:
-    if not _NAME.fullmatch(f["name"]):
+    if not SWEEP_NAME.fullmatch(f["name"]):
         raise ConfigError(f"name: {f['name']!r} must be 1-128 letters, digits, - _ . (starting with a "
                           "letter or digit); it names the MLflow experiment and the Ray run")
     _choice("[objective] name", f["objective"], OBJECTIVES)

@@ -18,6 +18,7 @@ from typing import Any
 from trainables.config import ConfigError
 
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # s3://, runs:/, postgresql+psycopg2://
+USERINFO_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*:[^/@?#]*@")  # scheme://user:password@
 
 
 def resolve_storage(entries: dict[str, Any], cwd: Path) -> dict[str, str]:
@@ -30,6 +31,8 @@ def resolve_storage(entries: dict[str, Any], cwd: Path) -> dict[str, str]:
         raise ConfigError(f"[storage] tracking_uri: {tracking!r} is not a URI; use "
                           "sqlite:///path/mlflow.db, http://host:5000 or postgresql://...")
     optuna = _sqlite(entries["optuna_storage"], cwd, "[storage] optuna_storage")
+    _no_password(tracking, "[storage] tracking_uri", "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    _no_password(optuna, "[storage] optuna_storage", "PGPASSWORD or ~/.pgpass")
     return {"root": root,
             "tracking_uri": tracking or f"sqlite:///{os.path.join(root, 'mlflow.db')}",
             "artifact_root": _location(entries["artifact_root"], cwd, "[storage] artifact_root")
@@ -39,6 +42,14 @@ def resolve_storage(entries: dict[str, Any], cwd: Path) -> dict[str, str]:
             "ray_storage": _location(entries["ray_storage"], cwd, "[storage] ray_storage")
             or os.path.join(root, "ray"),
             "ray_address": entries["ray_address"].strip()}
+
+
+def _no_password(uri: str, entry: str, instead: str) -> None:
+    """A password inside a URI would be written in plain text to the sweep record and Ray's experiment state,
+    which every user of the shared disk can read: credentials come from the environment instead."""
+    if USERINFO_PASSWORD.search(uri):
+        raise ConfigError(f"{entry}: holds a password (user:password@); leave it out and set {instead} in the "
+                          "environment of the driver and the workers")
 
 
 def absolute(path: str, cwd: Path, entry: str) -> str:

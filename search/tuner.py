@@ -1,15 +1,18 @@
 """Assembling the Ray Tune run of a sweep: Optuna searcher, ASHA, stoppers, failure handling, resources.
 
-- `TicketOptunaSearch` tells Optuna PRUNED (not COMPLETE) for trials the scheduler stopped, so TPE
-  does not learn from truncated values as if they were final (Ray hard-codes COMPLETE).
+- `TicketOptunaSearch` (search/searcher.py) tells Optuna PRUNED (not COMPLETE) for trials the scheduler
+  stopped, so TPE does not learn from truncated values as if they were final (Ray hard-codes COMPLETE);
+  FAIL for trials that diverged; and keeps the study consistent when a resumed sweep restores it.
 - ASHA compares trials at equal cumulative epochs (`epochs_total`) on `val_score`.
 - `CollapseStopper` ends a trial whose network lost a whole layer: it cannot recover.
-- Checkpoints come at level boundaries; `FailureConfig` restarts a failed trial from its last level.
+- Checkpoints come at level boundaries; `FailureConfig` restarts a failed trial from its last level
+  (a lost node, a full disk); a diverged trial ends without a retry, since it would diverge again.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +20,17 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
+from search.searcher import FAIL_REASON, TicketOptunaSearch
 from search.space import define_by_run, sampler
 from search.sweepfile import Sweep
 from search.tracking import MlflowSink, Tracking
 from trainables.trainable import ticket_trial
 
+__all__ = ["FAIL_REASON", "TicketOptunaSearch", "build_tuner", "optuna_storage", "restore_tuner"]
+
 MAX_FAILURES = 2  # restarts of a failed trial from its last level checkpoint
-
-
-class TicketOptunaSearch(OptunaSearch):
-    """OptunaSearch that records scheduler-stopped trials as PRUNED."""
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
-                          error: bool = False) -> None:
-        stopped_early = (result is not None and not error and not result.get("final")
-                         and not result.get("collapsed") and trial_id in self._ot_trials
-                         and trial_id not in self._completed_trials)
-        if not stopped_early:
-            super().on_trial_complete(trial_id, result, error)
-            return
-        study: optuna.Study = self._ot_study  # type: ignore[assignment]
-        study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+SCRATCH_ENV = "TICKET_SEARCH_SCRATCH"  # read by the driver, handed to trials: where they stage files
 
 
 class CollapseStopper(tune.Stopper):
@@ -78,7 +68,7 @@ def searcher(sweep: Sweep) -> TicketOptunaSearch:
     return TicketOptunaSearch(
         space=SearchSpace(sweep), metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0], sampler=sampler(sweep),
-        storage=optuna_storage(sweep.optuna_storage), study_name=sweep.name)
+        storage=optuna_storage(sweep.optuna_storage), study_name=sweep.name, num_samples=sweep.num_samples)
 
 
 def scheduler(sweep: Sweep) -> TrialScheduler:
@@ -91,7 +81,8 @@ def scheduler(sweep: Sweep) -> TrialScheduler:
 
 
 def trainable(sweep: Sweep, tracking: Tracking) -> Any:
-    fn = tune.with_parameters(ticket_trial, sink=MlflowSink(tracking))
+    scratch = os.environ.get(SCRATCH_ENV, "")
+    fn = tune.with_parameters(ticket_trial, sink=MlflowSink(tracking, scratch), scratch=scratch)
     resources: dict[str, float] = {"cpu": sweep.cpu, "gpu": sweep.gpu}
     return tune.with_resources(fn, resources)
 

@@ -126,8 +126,10 @@ class MlflowServer:
             log.write(f"\n--- {' '.join(self.command())}\n".encode())
             log.flush()
             # Its own session, so stop() reaches the uvicorn worker it spawns as well.
+            # cwd next to the artifacts: basic-auth keeps its user database in ./basic_auth.db
             self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                          cwd=self.artifacts.parent)
         deadline = began + timeout
         while time.monotonic() < deadline:
             code = self._proc.poll()
@@ -157,10 +159,12 @@ class MlflowServer:
         # The leader has exited; a worker it left behind would keep the port.
         _signal_group(proc.pid, signal.SIGKILL)
 
-    def restart(self, timeout: float = 60) -> None:
-        """Stop, then start again on the same port (clients keep their URI)."""
+    def restart(self, timeout: float = 60) -> float:
+        """Stop, then start again on the same port (clients keep their URI); returns the seconds it was down."""
+        began = time.monotonic()
         self.stop()
         self.start(timeout)
+        return time.monotonic() - began
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:

@@ -3,25 +3,31 @@
 Layout: `state.json` (numbers, results, and the name of the tensor file) and one
 `state-<level>.safetensors` with every tensor (rewind weights, masks, Early-Bird masks). Nothing is
 pickled. The tensor file is written first under a new name and `state.json` last, each by rename,
-so a crash mid-save leaves the previous checkpoint intact and never a half-written one.
+so a crash mid-save leaves the previous checkpoint intact and never a half-written one. `load` reads
+nothing but `state.json` and the tensor file it names (a plain name, never a path), and checks that
+every mask is boolean and fits its weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from trainables.config import ConfigError
+from trainables.maskio import write_atomically
 from trainables.lottery import State
 from trainables.results import LevelResult
 
 _TENSOR = "__tensor__"
+TENSOR_FILE = re.compile(r"state-\d{3,}-\d{3,}\.safetensors")
 
 
 class CheckpointError(ConfigError):
@@ -62,9 +68,7 @@ def save(state: State, folder: str | Path) -> None:
                            "result_masks": [r.masks for r in state.results]}, "t", tensors),
     }
     name = f"state-{state.level:03d}-{len(state.results):03d}.safetensors"
-    tmp = folder / f".{name}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / name)
+    write_atomically(folder / name, save_bytes(tensors), "checkpoint")  # OSError naming the file, errno kept
     doc["tensor_file"] = name
     tmp_json = folder / ".state.json.tmp"
     tmp_json.write_text(json.dumps(doc))
@@ -75,16 +79,40 @@ def save(state: State, folder: str | Path) -> None:
 
 
 def load(folder: str | Path) -> State:
+    """Read a checkpoint back; anything malformed or inconsistent is a one-line CheckpointError."""
     folder = Path(folder)
     try:
         doc = json.loads((folder / "state.json").read_text())
-        tensors = load_file(str(folder / doc["tensor_file"]))
+        name = doc["tensor_file"]
+        if not isinstance(name, str) or not TENSOR_FILE.fullmatch(name):  # a name, never a path elsewhere
+            raise ValueError(f"tensor_file {str(name)[:80]!r} is not state-NNN-NNN.safetensors")
+        tensors = load_file(str(folder / name))
         parts = _join(doc["tensors"], tensors)
-    except (OSError, ValueError, KeyError, SafetensorError) as e:
-        raise CheckpointError(f"checkpoint {folder}: cannot read it back ({type(e).__name__}: {e})") from e
-    results = [LevelResult.from_json(r) for r in doc["results"]]
-    for r, m in zip(results, parts["result_masks"], strict=True):
-        r.masks = m
-    return State(level=doc["level"], done=doc["done"], results=results, masks=parts["masks"],
-                 rewind=parts["rewind"], start_iter=doc["start_iter"], epochs_total=doc["epochs_total"],
-                 early_bird_epoch=doc["early_bird_epoch"], early_bird=parts["early_bird"])
+        results = [LevelResult.from_json(r) for r in doc["results"]]
+        for r, m in zip(results, parts["result_masks"], strict=True):
+            r.masks = m
+        state = State(level=int(doc["level"]), done=bool(doc["done"]), results=results, masks=parts["masks"],
+                      rewind=parts["rewind"], start_iter=int(doc["start_iter"]),
+                      epochs_total=float(doc["epochs_total"]), early_bird_epoch=doc["early_bird_epoch"],
+                      early_bird=parts["early_bird"])
+        _check(state)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, SafetensorError) as e:
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise CheckpointError(f"checkpoint {folder}: cannot read it back ({why})") from None
+    return state
+
+
+def _check(state: State) -> None:
+    """Masks must be boolean and fit the weights they mask: a file with wrong shapes or names stops here,
+    not as a shape error deep inside training."""
+    if len(state.masks) != len(state.rewind):
+        raise ValueError(f"{len(state.masks)} masks for {len(state.rewind)} replicates")
+    masks = [*state.masks, *(m for r in state.results for m in r.masks)]
+    for mask in masks:
+        for name, m in mask.items():
+            weights = state.rewind[0].get(name) if state.rewind else None
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+                raise ValueError(f"mask of {name!r} is not a boolean tensor")
+            if weights is None or tuple(weights.shape) != tuple(m.shape):
+                shape = None if weights is None else list(weights.shape)
+                raise ValueError(f"mask of {name!r} has shape {list(m.shape)}, the weights {shape}")

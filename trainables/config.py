@@ -1,9 +1,11 @@
 """The one typed description of a ticket search: `Ticket` and its flat dotted keys.
 
-`Ticket` (frozen dataclasses `data`, `model`, `train`, `prune`) describes one ticket search completely.
+`Ticket` (frozen dataclasses `data`, `model`, `train`, `prune`, `rl`) describes one ticket search completely.
 `Ticket.flat()` gives dotted keys (`"prune.rate": 0.2`); `Ticket.from_flat(d)` rebuilds and re-types it
 (MLflow params come back as strings), rejects unknown keys naming the valid ones and validates ranges.
 The same keys are Ray's param_space constants, Optuna's parameter names, MLflow params and `--set`.
+`data.name` also picks the task (trainables/tasks.py): `pydoc` is language modelling, `gym:<EnvId>` an
+RL policy (the `rl.*` keys), anything else classification.
 
 Example:
     >>> t = Ticket.from_flat({"prune.rate": "0.5", "model.name": "mlp"})
@@ -23,8 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DATASETS = ("digits", "mnist1d", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
+CORPORA = ("pydoc",)  # language modelling: CPython's help text (pydoc_data.topics), no download
+GYM_PREFIX = "gym:"  # data.name=gym:<EnvId>: an RL policy on a gymnasium environment
+LM_MODELS = ("lstm", "transformer")
 MODELS = ("lenet300", "mlp", "conv2", "conv4", "conv6", "vgg11", "vgg16", "vgg19",
-          "resnet20", "resnet32", "resnet56")
+          "resnet20", "resnet32", "resnet56", *LM_MODELS)
+TOKENS = ("char", "word")
+RL_ALGORITHMS = ("ppo", "reinforce")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
@@ -44,7 +51,8 @@ def _help(text: str, **kw: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _help(f"dataset: {', '.join(DATASETS)}", default="digits")
+    name: str = _help(f"dataset: {', '.join(DATASETS + CORPORA)} or {GYM_PREFIX}<EnvId> (an RL environment)",
+                      default="digits")
     root: str = _help("folder holding torchvision datasets", default="data")
     download: bool = _help("download a torchvision dataset if missing (never in tests)", default=False)
     val_fraction: float = _help("fraction of the training set held out for validation", default=0.1)
@@ -53,12 +61,18 @@ class DataConfig:
     input_shape: str = _help("synthetic only: input shape such as 3x32x32 or 40", default="1x8x8")
     num_classes: int = _help("synthetic only: number of classes", default=10)
     size: int = _help("synthetic only: number of examples (train+val+test)", default=2000)
+    tokens: str = _help(f"pydoc only: tokens of the language model: {', '.join(TOKENS)}", default="char")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _help(f"model: {', '.join(MODELS)} or tv:<torchvision name>", default="lenet300")
     widths: tuple[int, ...] = _help("hidden widths of `mlp`", default=(300, 100))
+    width: int = _help("lstm/transformer: hidden width (embedding and state size)", default=128)
+    depth: int = _help("lstm/transformer: number of layers", default=2)
+    heads: int = _help("transformer: attention heads (must divide model.width)", default=4)
+    context: int = _help("lstm/transformer: tokens per training window (and attention span)", default=64)
+    dense_embeddings: bool = _help("lstm/transformer: never prune the embeddings", default=False)
 
 
 @dataclass(frozen=True)
@@ -103,8 +117,27 @@ class PruneConfig:
                            default="")
 
 
+@dataclass(frozen=True)
+class RLConfig:
+    algorithm: str = _help(f"on-policy algorithm: {', '.join(RL_ALGORITHMS)} (reinforce: with a value baseline)",
+                           default="ppo")
+    envs: int = _help("environments stepped side by side per member", default=8)
+    rollout_steps: int = _help("environment steps per rollout, over all envs (a multiple of rl.envs)",
+                               default=512)
+    rollouts_per_epoch: int = _help("rollouts per epoch (an epoch ends with an evaluation)", default=10)
+    ppo_epochs: int = _help("ppo: passes over each rollout, in minibatches of train.batch_size steps",
+                            default=4)
+    gamma: float = _help("discount factor", default=0.99)
+    gae_lambda: float = _help("ppo: GAE lambda of the advantages (reinforce uses 1: Monte Carlo returns)",
+                              default=0.95)
+    clip: float = _help("ppo: clip range of the probability ratio", default=0.2)
+    entropy_coef: float = _help("weight of the entropy bonus in the loss (keeps exploring)", default=0.01)
+    eval_episodes: int = _help("evaluation episodes per split, fixed seeds (val and test disjoint)",
+                               default=10)
+
+
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                             "prune": PruneConfig}
+                             "prune": PruneConfig, "rl": RLConfig}
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,7 @@ class Ticket:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys to values, in declaration order."""
@@ -256,7 +290,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def validate(t: Ticket) -> None:
     """Check names and ranges; raise ConfigError with one line naming the field."""
     d, m, tr, p = t.data, t.model, t.train, t.prune
-    _choice("data.name", d.name, DATASETS)
+    if not is_gym(d.name):
+        _choice("data.name", d.name, (*DATASETS, *CORPORA, f"{GYM_PREFIX}<EnvId>"))
     _range("data.val_fraction", d.val_fraction, 0.0, 1.0, hi_open=True)
     parse_shape(d.input_shape)
     _range("data.num_classes", d.num_classes, 2, 100_000)
@@ -265,6 +300,7 @@ def validate(t: Ticket) -> None:
         _choice("model.name", m.name, (*MODELS, "tv:<torchvision name>"))
     if not m.widths or any(w <= 0 for w in m.widths):
         raise ConfigError(f"model.widths: need one or more positive widths, got {m.widths!r}")
+    _validate_sequence_model(d.name, d.tokens, m)
     _choice("train.optimizer", tr.optimizer, OPTIMIZERS)
     _range("train.lr", tr.lr, 0.0, 100.0, lo_open=True)
     _range("train.momentum", tr.momentum, 0.0, 1.0, hi_open=True)
@@ -293,6 +329,52 @@ def validate(t: Ticket) -> None:
     _range("prune.replicates", p.replicates, 1, 1000)
     _range("prune.eb_epsilon", p.eb_epsilon, 0.0, 1.0)
     _range("prune.eb_window", p.eb_window, 2, 1000)
+    _validate_rl(t.rl)
+
+
+def is_gym(name: str) -> bool:
+    """Whether `data.name` names a gymnasium environment (`gym:<EnvId>`); the id is checked at build time."""
+    return name.startswith(GYM_PREFIX) and len(name) > len(GYM_PREFIX)
+
+
+def score_meaning(data_name: str) -> str:
+    """What `val_score`/`test_score` measure for `data.name` (higher is better, always): `accuracy` (a
+    fraction) for classification, `-perplexity` for language models, `mean return` for policies."""
+    if data_name in CORPORA:
+        return "-perplexity"
+    return "mean return" if is_gym(data_name) else "accuracy"
+
+
+def _validate_sequence_model(data: str, tokens: str, m: ModelConfig) -> None:
+    """Language models go with the corpus and only with it; their shape keys must fit together."""
+    _choice("data.tokens", tokens, TOKENS)
+    if data in CORPORA and m.name not in LM_MODELS:
+        raise ConfigError(f"model.name: data.name={data} needs a language model; valid choices: "
+                          f"{', '.join(LM_MODELS)}")
+    if m.name in LM_MODELS and data not in CORPORA:
+        raise ConfigError(f"model.name: {m.name} is a language model and needs data.name in "
+                          f"{', '.join(CORPORA)}; got {data}")
+    _range("model.width", m.width, 1, 100_000)
+    _range("model.depth", m.depth, 1, 1000)
+    _range("model.heads", m.heads, 1, 1000)
+    _range("model.context", m.context, 2, 10**6)
+    if m.name == "transformer" and m.width % m.heads:
+        raise ConfigError(f"model.heads: {m.heads} does not divide model.width {m.width}")
+
+
+def _validate_rl(r: RLConfig) -> None:
+    _choice("rl.algorithm", r.algorithm, RL_ALGORITHMS)
+    _range("rl.envs", r.envs, 1, 4096)
+    _range("rl.rollout_steps", r.rollout_steps, 1, 10**8)
+    if r.rollout_steps % r.envs:
+        raise ConfigError(f"rl.rollout_steps: {r.rollout_steps} is not a multiple of rl.envs {r.envs}")
+    _range("rl.rollouts_per_epoch", r.rollouts_per_epoch, 1, 10**6)
+    _range("rl.ppo_epochs", r.ppo_epochs, 1, 1000)
+    _range("rl.gamma", r.gamma, 0.0, 1.0)
+    _range("rl.gae_lambda", r.gae_lambda, 0.0, 1.0)
+    _range("rl.clip", r.clip, 0.0, 10.0, lo_open=True)
+    _range("rl.entropy_coef", r.entropy_coef, 0.0, 100.0)
+    _range("rl.eval_episodes", r.eval_episodes, 1, 10**5)
 
 
 def from_nested(doc: typing.Mapping[str, Any]) -> dict[str, Any]:

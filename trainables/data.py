@@ -1,8 +1,9 @@
 """Datasets as normalised tensors on the training device: loading, splitting and augmentation.
 
-This module owns every dataset behind the `data.*` keys (DESIGN.md section 4): where its examples come
-from, how the train/validation/test splits are carved, how inputs are normalised, and the tensor-only
-flip+crop augmentation the training loop applies per batch. Small datasets live whole on the device and
+This module owns every classification dataset behind the `data.*` keys (DESIGN.md section 4; the text
+corpus `pydoc` is corpus.py's, `gym:<EnvId>` environments envs.py's): where its examples come from,
+how the train/validation/test splits are carved, how inputs are normalised, and the tensor-only flip+crop
+augmentation the training loop applies per batch. Small datasets live whole on the device and
 are batched by index (DESIGN.md section 8), so a `Dataset` is plain tensors, never a DataLoader.
 
 Example:

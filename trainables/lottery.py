@@ -27,11 +27,9 @@ from trainables import masks as mk
 from trainables import scorers
 from trainables.config import ConfigError, Ticket
 from trainables.controls import build_members
-from trainables.data import load as load_data
 from trainables.earlybird import EarlyBird
-from trainables.models import build as build_model
 from trainables.results import LevelResult, MemberResult, summarise
-from trainables.tasks import Task, make_task
+from trainables.tasks import Task, build_model, make_task
 from trainables.train import Hooks, Member, train_members
 
 StateDict = dict[str, torch.Tensor]
@@ -77,8 +75,7 @@ class Lottery:
                  on_epoch: EpochCallback | None = None, device: str | torch.device | None = None) -> None:
         self.ticket = ticket
         self.device = torch.device(device) if device is not None else resolve_device(ticket.train.device)
-        self.data = load_data(ticket.data, self.device)
-        self.task: Task = make_task(self.data, batch_size=ticket.train.batch_size, seed=ticket.train.seed)
+        self.task: Task = make_task(ticket, self.device)
         self.ipe = self.task.iters_per_epoch()
         self.total = ticket.train.epochs * self.ipe
         if ticket.prune.rewind_iter >= self.total:
@@ -90,7 +87,7 @@ class Lottery:
     # -- models and seeds --------------------------------------------------------------------------
     def new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return build_model(self.ticket.model, self.data.input_shape, self.data.num_classes).to(self.device)
+        return build_model(self.ticket, self.task.input_shape, self.task.num_outputs).to(self.device)
 
     def init_seed(self, replicate: int) -> int:
         return self.ticket.train.seed * 1000 + replicate

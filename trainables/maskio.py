@@ -48,18 +48,23 @@ def save(mask: Mask, path: str | Path, metadata: dict[str, str] | None = None) -
               for name, m in mask.items()}
     shapes = {name: list(m.shape) for name, m in mask.items()}
     blob = save_bytes(packed, metadata={**extra, SHAPES_KEY: json.dumps(shapes), FORMAT_KEY: FORMAT})
-    _write_atomically(Path(path), blob)
+    write_atomically(Path(path), blob)
 
 
-def _write_atomically(path: Path, blob: bytes) -> None:
+def write_atomically(path: Path, blob: bytes, what: str = "mask") -> None:
+    """Write `blob` to `path` under a temporary name, then rename: no partial file carries the real name.
+    An OSError (a full disk: ENOSPC) keeps its errno and names `what` and the file."""
     # The temporary file sits in the destination folder so os.replace is a same-filesystem rename.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # on disk before the rename makes it visible under its name
         os.replace(tmp, path)
+    except OSError as e:  # a full disk says ENOSPC without naming the file: name it
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, f"{e.strerror or e} (writing {what} {path})") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

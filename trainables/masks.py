@@ -24,19 +24,36 @@ from trainables.config import SCOPES, ConfigError
 
 Mask = dict[str, torch.Tensor]
 
-# Modules whose weights are prunable. One tuple so that new kinds (LSTM, attention projections) join here.
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# Modules whose weights are prunable. Recurrent layers hold several weight matrices (`weight_ih_l0`,
+# `weight_hh_l0`, ...) and attention its input projection (`in_proj_weight`); `_weight_names` knows them.
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding,
+                                                nn.RNNBase, nn.MultiheadAttention)
+
+
+def _is_weight(module: nn.Module, name: str, bias: bool) -> bool:
+    """Whether parameter `name` of a prunable `module` is a weight (or, with `bias`, a bias) to prune."""
+    if isinstance(module, nn.RNNBase):  # weight_ih_l0, weight_hh_l0_reverse, bias_ih_l0, ...
+        return name.startswith("weight_") or (bias and name.startswith("bias_"))
+    if isinstance(module, nn.MultiheadAttention):  # out_proj is an nn.Linear of its own
+        return name.endswith("proj_weight") or (bias and name == "in_proj_bias")
+    return name == "weight" or (bias and name == "bias")
 
 
 def prunable(model: nn.Module, *, bias: bool = False) -> dict[str, nn.Parameter]:
-    """Weights (and with `bias=True` biases) of every prunable module, by full name, in module order."""
+    """Weights (and with `bias=True` biases) of every prunable module, by full name, in module order.
+
+    A model may name modules in `dense_modules` (e.g. an RL critic, or embeddings kept dense): nothing
+    inside them is ever pruned.
+    """
+    dense = tuple(getattr(model, "dense_modules", ()))
     out: dict[str, nn.Parameter] = {}
     for prefix, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES):
+        if not isinstance(module, PRUNABLE_TYPES) or any(prefix == d or prefix.startswith(f"{d}.")
+                                                          for d in dense):
             continue
         dot = f"{prefix}." if prefix else ""
         for name, param in module.named_parameters(recurse=False):
-            if name == "weight" or (bias and name == "bias"):
+            if _is_weight(module, name, bias):
                 out[f"{dot}{name}"] = param
     return out
 

@@ -2,12 +2,16 @@
 
 `build(cfg, input_shape, num_classes)` is the one entry point. It owns the `model.name` registry:
 the MLPs and Conv-2/4/6 of the Lottery Ticket paper (Frankle & Carbin 2019) here, the CIFAR VGGs and
-ResNets in `models_cifar.py`, and any torchvision classification model as `tv:<name>`.
+ResNets in `models_cifar.py`, the language models `lstm` and `transformer` in `models_lm.py` (for them
+`input_shape` is (context, vocab) and the classes are the vocabulary), and any torchvision
+classification model as `tv:<name>`. An RL policy is any vector model here, wrapped with its critic by
+`models_rl.py`.
 
 Every model built here carries `output_name`, the dotted module name of the layer producing the logits
-(the final classifier `nn.Linear`), which the pruner prunes at its own rate (`prune.output_rate`). Only
-plain `nn.Linear`, `nn.Conv2d` and `nn.BatchNorm2d` layers are used, so the pruner finds every weight,
-and no model uses dropout. Initialisation draws from torch's global RNG: `torch.manual_seed` fixes it.
+(the final classifier `nn.Linear`), which the pruner prunes at its own rate (`prune.output_rate`). The
+classifiers use only plain `nn.Linear`, `nn.Conv2d` and `nn.BatchNorm2d` layers (the language models
+add `nn.Embedding`, `nn.LSTM` and `nn.LayerNorm`), so the pruner finds every weight; no model uses dropout.
+Initialisation draws from torch's global RNG: `torch.manual_seed` fixes it.
 
 Example:
     >>> from trainables.config import ModelConfig
@@ -23,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from trainables import models_cifar
+from trainables import models_cifar, models_lm
 from trainables.config import ConfigError, ModelConfig
 
 # Conv-N plans of the Lottery Ticket paper (figure 2): channels of each 3x3 conv, "M" = 2x2 max-pool.
@@ -139,6 +143,8 @@ BUILDERS: dict[str, Builder] = {
     **dict.fromkeys(CONV_PLANS, _conv),
     **dict.fromkeys(models_cifar.VGG_PLANS, _vgg),
     **dict.fromkeys(models_cifar.RESNET_BLOCKS, _resnet),
+    "lstm": models_lm.lstm,
+    "transformer": models_lm.transformer,
 }
 
 

@@ -1,23 +1,31 @@
 """What the training loop needs to know about a problem: batches, loss and evaluation.
 
-The loop in `train.py` is generic over a `Task`. Image classification is the first task; language
-modelling and RL policies plug in behind the same small interface. Every task reports `score`
-(higher is better) beside its natural metrics; for classification the score is the accuracy.
+The loop in `train.py` is generic over a `Task`; `make_task(ticket)` picks it from `data.name`:
+image (or vector) classification here, language modelling on `pydoc` (tasks_lm.py), and RL policies
+on `gym:<EnvId>` (tasks_rl.py). Every task reports `loss`, `acc` and `score` (higher is better) beside
+its natural metrics: the score is the accuracy for classification, minus the perplexity for language
+models and the mean episode return for policies. `build_model` builds the network a task trains.
 
-Data order is a pure function of (seed, iteration): iteration `it` reads batch `it % ipe` of the
-permutation of epoch `it // ipe`. That is what makes rewinding to iteration k restore the data order
-at k, and lets every member of a trial see the same batches.
+Data order is a pure function of (seed, iteration): for classification iteration `it` reads batch
+`it % ipe` of the permutation of epoch `it // ipe`; a language model's windows start at offsets drawn
+from (seed, it); a policy's environments reset from seeds drawn from (seed, it). That is what makes
+rewinding to iteration k restore the data order at k, and lets every member of a trial see the same
+batches (or episodes).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.config import CORPORA, Ticket, is_gym
 from trainables.data import Dataset, Split, augment_batch
+from trainables.data import load as load_data
+from trainables.models import build
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 EVAL_CHUNK = 4096  # examples per evaluation forward pass: bounds memory, keeps passes few
@@ -32,7 +40,8 @@ class Task(Protocol):
     policy's own rollouts) sets `shared_batches = False` and the loop trains members one by one.
     """
 
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # one input's shape, for SynFlow's input of ones
+    num_outputs: int  # classes, vocabulary or actions: with input_shape, what `build_model` needs
     shared_batches: bool
 
     def iters_per_epoch(self) -> int: ...
@@ -58,6 +67,7 @@ class Classification:
         self._batch_it = -1
         self._batch: Batch | None = None
         self.input_shape = data.input_shape
+        self.num_outputs = data.num_classes
         self.batch_size = min(batch_size, len(data.train))
         self.seed = seed
         self._perm_epoch = -1
@@ -122,6 +132,39 @@ class Classification:
         return [(self.data.train.x[idx], y[idx])]
 
 
-def make_task(data: Dataset, *, batch_size: int, seed: int) -> Task:
-    """The task for a dataset (classification for every dataset so far)."""
-    return Classification(data, batch_size=batch_size, seed=seed)
+def make_task(ticket: Ticket, device: torch.device | str = "cpu") -> Task:
+    """The task `data.name` names, its data on `device`: a corpus, an environment, else a dataset."""
+    d, tr = ticket.data, ticket.train
+    if d.name in CORPORA:
+        from trainables.corpus import load_corpus  # imported late: each task's workers need only theirs
+        from trainables.tasks_lm import LanguageModelling
+
+        return LanguageModelling(load_corpus(d), context=ticket.model.context, batch_size=tr.batch_size,
+                                 seed=tr.seed, device=device)
+    if is_gym(d.name):
+        from trainables import envs
+        from trainables.tasks_rl import PolicyTask
+
+        return PolicyTask(envs.spec(d.name.split(":", 1)[1]), ticket.rl, batch_size=tr.batch_size, seed=tr.seed)
+    return Classification(load_data(d, device), batch_size=tr.batch_size, seed=tr.seed)
+
+
+def shapes(ticket: Ticket) -> tuple[tuple[int, ...], int]:
+    """(input_shape, num_outputs) of the ticket's task, read from its data (or environment) on the CPU.
+
+    Also the preflight check that the data is there: a missing dataset raises its ConfigError."""
+    task = make_task(ticket, "cpu")
+    return task.input_shape, task.num_outputs
+
+
+def build_model(ticket: Ticket, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    """A freshly initialised network for the ticket's task (seed it with `torch.manual_seed` first).
+
+    An RL policy is `model.name` built for the observations and actions, beside a dense critic: an MLP
+    of `model.widths` (models_rl.py)."""
+    net = build(ticket.model, input_shape, num_outputs)
+    if is_gym(ticket.data.name):
+        from trainables.models_rl import actor_critic
+
+        return actor_critic(net, math.prod(input_shape), ticket.model.widths)
+    return net

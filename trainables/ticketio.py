@@ -28,7 +28,7 @@ from torch import nn
 from trainables import maskio
 from trainables import masks as mk
 from trainables.config import ConfigError, Ticket
-from trainables.models import build
+from trainables.tasks import build_model, shapes
 
 TICKET_JSON = "ticket.json"
 MASK_FILE = "mask.safetensors"
@@ -51,14 +51,14 @@ def read_doc(folder: str | Path) -> dict[str, Any]:
 
 
 def shape_of(ticket: Ticket, doc: dict[str, Any]) -> tuple[tuple[int, ...], int]:
-    """(input_shape, num_classes): stored at export, else read from the dataset itself."""
+    """(input_shape, num_classes): stored at export, else read from the task's data (or environment).
+
+    For a language model these are (context, vocabulary) and the vocabulary; for a policy the
+    observation shape and the number of actions."""
     shape, classes = doc.get("input_shape"), doc.get("num_classes")
     if shape and classes:
         return tuple(int(d) for d in shape), int(classes)
-    from trainables.data import load  # only when the export could not record the shape
-
-    data = load(ticket.data, "cpu")
-    return data.input_shape, data.num_classes
+    return shapes(ticket)
 
 
 def load_rewind(path: Path) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def load_ticket(folder: str | Path, device: str | torch.device = "cpu") -> tuple
     doc = read_doc(folder)
     ticket = Ticket.from_flat(doc["config"])
     input_shape, num_classes = shape_of(ticket, doc)
-    model = build(ticket.model, input_shape, num_classes)
+    model = build_model(ticket, input_shape, num_classes)
     state = load_rewind(folder / REWIND_FILE)
     try:
         model.load_state_dict(state, strict=True)

@@ -109,8 +109,14 @@ def train_members(members: list[Member], task: Task, cfg: TrainConfig, *, start:
 
     Each member's `history` gets one row per evaluation (end of each epoch): iteration, epoch, val
     loss/acc/score. With `capture_at` each member's weights after that many iterations are stored in
-    `member.snapshot` (the rewind point).
+    `member.snapshot` (the rewind point). Members that can share one batched pass are trained by
+    `population.try_population` (steered by the environment variable TICKET_SEARCH_POPULATION).
     """
+    from trainables.population import try_population  # late import: population builds on this module
+
+    end = try_population(members, task, cfg, start=start, stop=stop, capture_at=capture_at, hooks=hooks)
+    if end is not None:
+        return end
     hooks = hooks or Hooks()
     ipe = task.iters_per_epoch()
     total = cfg.epochs * ipe

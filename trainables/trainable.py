@@ -6,12 +6,17 @@ object, so workers log with explicit run ids and `trainables/` never imports MLf
 
 Each evaluation (end of an epoch) is reported with `epochs_total` (cumulative epochs, the scheduler's
 time attribute); each level boundary is reported with the level's metrics and a checkpoint, from which
-a failed or resumed trial continues.
+a failed or resumed trial continues. A trial whose loss goes NaN/inf ends FAILED without a retry (it
+would diverge again); any other error (a lost node, a full disk) fails the trial, and Ray restarts it
+from its last level checkpoint (`FailureConfig`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import tempfile
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ray import tune
@@ -20,18 +25,34 @@ from trainables import checkpoint
 from trainables.config import KEYS, Ticket
 from trainables.lottery import Lottery, State
 from trainables.results import LevelResult
+from trainables.train import Diverged
+
+QUICK_FINISH_S = 30.0  # s a failing or stopped trial waits for the tracking server: its own error comes first
 
 
 class Sink(Protocol):
-    """Where a trial's records go (MLflow in the service); every call carries what it needs."""
+    """Where a trial's records go (MLflow in the service); every call carries what it needs.
+
+    A sink queues what its server cannot take right now and keeps training going; `finish` waits for the
+    queue (up to `wait_s`, its own default when None) and raises if it cannot empty it."""
+
+    @property
+    def seconds(self) -> float: ...  # wall seconds spent in tracking calls so far
 
     def start(self, trial_id: str, flat: dict[str, Any]) -> None: ...
+
+    def catch_up(self, results: Sequence[LevelResult], rewind: dict[str, Any] | None) -> None: ...
 
     def epoch(self, row: dict[str, Any]) -> None: ...
 
     def level(self, result: LevelResult, rewind: dict[str, Any] | None) -> None: ...
 
-    def finish(self, status: str, reason: str = "") -> None: ...
+    def finish(self, status: str, reason: str = "", *, wait_s: float | None = None) -> None: ...
+
+
+class CheckpointWriteError(OSError):
+    """A level checkpoint could not be written (disk full, storage gone): the trial fails and Ray restarts
+    it from its last complete checkpoint."""
 
 
 def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
@@ -39,15 +60,26 @@ def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
     return {"level": result.level, "density": result.density, "sparsity": 1 - result.density,
             "val_acc": result.val_acc, "val_loss": result.val_loss, "val_score": result.val_score,
             "test_acc": result.test_acc, "test_score": result.test_score, "collapsed": int(result.collapsed),
-            "epochs_total": state.epochs_total, "level_done": True, "final": state.done}
+            "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0}
 
 
-def ticket_trial(config: dict[str, Any], sink: Sink | None = None) -> None:
-    """Run one ticket search inside Ray Tune. `config` holds flat ticket keys (others are ignored)."""
+def diverged_metrics(error: Diverged, state: State) -> dict[str, Any]:
+    """The last result of a trial whose loss went NaN/inf: flagged, so the searcher tells Optuna FAIL."""
+    density = state.results[-1].density if state.results else 1.0
+    return {"level": state.level, "density": density, "sparsity": 1 - density, "val_score": math.nan,
+            "epochs_total": state.epochs_total, "collapsed": 0, "level_done": False, "final": False,
+            "diverged": 1, "status_reason": f"diverged: {error}"}
+
+
+def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str = "") -> None:
+    """Run one ticket search inside Ray Tune. `config` holds flat ticket keys (others are ignored);
+    `scratch` is where checkpoints are staged before Ray takes them ("" = the system temp folder)."""
     ticket = Ticket.from_flat({k: v for k, v in config.items() if k in KEYS})
     state = _restore()
     if sink is not None:
         sink.start(tune.get_context().get_trial_id(), ticket.flat())
+        if state is not None:  # records still queued when the last process died are logged now
+            sink.catch_up(state.results, state.rewind[0] if state.rewind else None)
     lottery: Lottery | None = None
 
     def on_epoch(row: dict[str, Any]) -> None:
@@ -56,7 +88,7 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None) -> None:
         assert lottery is not None
         if row["iteration"] < lottery.total:  # the level's last evaluation is reported with its checkpoint
             tune.report({**row, "sparsity": 1 - row["density"], "collapsed": 0, "level_done": False,
-                         "final": False})
+                         "final": False, "diverged": 0})
 
     try:
         lottery = Lottery(ticket, state=state, on_epoch=on_epoch)
@@ -64,20 +96,41 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None) -> None:
             rewind = lottery.state.rewind[0] if result.level == 0 or ticket.prune.method == "init" else None
             if sink is not None:
                 sink.level(result, rewind)
-            with tempfile.TemporaryDirectory(prefix="ticket-ckpt-") as folder:
-                checkpoint.save(lottery.state, folder)
-                tune.report(level_metrics(result, lottery.state),
-                            checkpoint=tune.Checkpoint.from_directory(folder))
+            metrics = {**level_metrics(result, lottery.state), "tracking_s": sink.seconds if sink else 0.0}
+            _report_with_checkpoint(metrics, lottery.state, scratch)
+    except Diverged as e:  # deterministic: a retry would diverge again, so the trial ends here, failed
+        assert lottery is not None
+        tune.report(diverged_metrics(e, lottery.state))
+        if sink is not None:
+            sink.finish("FAILED", f"diverged: {e}")
+        return
     except Exception as e:
         if sink is not None:
-            sink.finish("FAILED", f"{type(e).__name__}: {e}")
+            _quietly(sink, "FAILED", f"{type(e).__name__}: {e}")
         raise
     except BaseException:  # Tune stops a trial (scheduler, stopper) by raising SystemExit in its thread
         if sink is not None:
-            sink.finish("KILLED")  # the driver's callback records why
+            _quietly(sink, "KILLED")  # the driver's callback records why
         raise
     if sink is not None:
         sink.finish("FINISHED")
+
+
+def _report_with_checkpoint(metrics: dict[str, Any], state: State, scratch: str) -> None:
+    """Write the level checkpoint under `scratch` (atomically, see checkpoint.save) and hand it to Ray."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="ticket-ckpt-", dir=scratch or None) as folder:
+            checkpoint.save(state, folder)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    except OSError as e:
+        raise CheckpointWriteError(f"level {metrics['level']} checkpoint not written under "
+                                   f"{scratch or tempfile.gettempdir()}: {e}") from e
+
+
+def _quietly(sink: Sink, status: str, reason: str = "") -> None:
+    """Record a failing or stopped trial's status without masking why it ends (and without waiting long)."""
+    with contextlib.suppress(Exception):  # the trial's own error or stop is what Ray must see
+        sink.finish(status, reason, wait_s=QUICK_FINISH_S)
 
 
 def _restore() -> State | None:

@@ -1,0 +1,150 @@
+"""Run the side-by-side benchmarks, print a table of ratios and write benchmarks/RESULTS.md.
+
+    python -m benchmarks.run                 # every benchmark, full sizes (about 25 minutes on 2 cores);
+                                             # writes benchmarks/RESULTS.md
+    python -m benchmarks.run --quick         # smaller sizes, fewer repetitions: a few minutes (`make bench`);
+                                             # prints the table only, unless --out names a file
+    python -m benchmarks.run --only 1,3      # some of them (numbers as in the issue: 1-7)
+
+Each benchmark times "ours" and "theirs" alternately in this one process and reports the median of the
+per-repetition ratios (benchmarks/common.py). Benchmarks 5-7 start a local Ray, an MLflow sqlite store and
+an Optuna journal under a temporary folder, deleted afterwards. The GPU script is benchmarks/gpu.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import engine
+from benchmarks.common import Row, machine
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    reps: int  # repetitions of the quick engine benchmarks (1-3)
+    long_reps: int  # repetitions of the long ones (4-6)
+    imp_epochs: int  # epochs per IMP level in 4
+    population_epochs: int
+    sweep_trials: int  # trials per sweep in 5 and 7
+    trial_epochs: int  # epochs per level of a sweep's trial
+    search_seeds: int  # repetitions of 7 (each is two whole sweeps)
+
+
+QUICK = Sizes(reps=5, long_reps=1, imp_epochs=2, population_epochs=1, sweep_trials=8, trial_epochs=2,
+              search_seeds=1)
+FULL = Sizes(reps=9, long_reps=3, imp_epochs=5, population_epochs=2, sweep_trials=16, trial_epochs=6,
+             search_seeds=3)
+
+
+def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:
+    counts = tuple(sorted({1, min(2, os.cpu_count() or 1)}))  # 3 on one core, and on two
+    def service(name: str) -> Callable[[], list[Row]]:
+        def run() -> list[Row]:
+            from benchmarks import service as svc  # imported late: Ray, MLflow and Optuna are slow to import
+
+            return getattr(svc, name)(s)
+        return run
+
+    return {
+        "1": lambda: engine.data_path(s.reps),
+        "2": lambda: engine.mask_cost(s.reps),
+        "3": lambda: engine.population_speed(s.reps, epochs=s.population_epochs, thread_counts=counts),
+        "4": lambda: engine.imp_run(s.long_reps, epochs=s.imp_epochs),
+        "5": service("orchestration"),
+        "6": service("tracking"),
+        "7": service("search_efficiency"),
+    }
+
+
+def table(rows: list[Row]) -> Table:
+    t = Table(title="ticket-search benchmarks (ratios measured side by side)")
+    for col in ("#", "benchmark", "ours", "theirs", "ratio", "target", "met?"):
+        t.add_column(col, justify="right" if col in ("ratio", "target") else "left")
+    for r in rows:
+        t.add_row(r.number, r.name, f"{r.ours}: {_fmt(r.ours_value, r.unit)}",
+                  f"{r.theirs}: {_fmt(r.theirs_value, r.unit)}", _ratio(r), r.target_text,
+                  "[green]yes[/]" if r.met else "[red]no[/]")
+    return t
+
+
+def _ratio(r: Row) -> str:
+    return f"{r.ratio:.2%}" if r.kind == "report" else f"{r.ratio:.2f}x"
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit != "s":
+        return f"{value:.3g} {unit}"
+    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def markdown(rows: list[Row], info: dict[str, str], command: str, quick: bool) -> str:
+    lines = ["# Benchmark results", "", f"Command: `{command}`" + (" (quick sizes)" if quick else ""), ""]
+    lines += [f"- {k}: {v}" for k, v in info.items()]
+    lines += ["", "Each row times ours and theirs alternately in one process and reports the median of per-repetition "
+              "ratios. Rows 1-4 run on one torch thread and are timed in CPU seconds of the process (immune to other "
+              "tenants' load on a shared machine); 3a and rows 5-7 are wall time. Per-row notes and the reasons "
+              "for missed targets follow the table.", ""]
+    lines += ["| # | benchmark | ours | theirs | ratio | target | met? |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.number} | {r.name} | {r.ours}: {_fmt(r.ours_value, r.unit)} | "
+                     f"{r.theirs}: {_fmt(r.theirs_value, r.unit)} | {_ratio(r)} | {r.target_text} | "
+                     f"{'yes' if r.met else '**no**'} |")
+    notes = [f"- {r.number}: {r.note}" for r in rows if r.note]
+    if notes:
+        lines += ["", "## Notes", "", *notes]
+    misses = [f"- {r.number} ({r.shortfall}): {r.why or 'no explanation recorded'}" for r in rows if not r.met]
+    if misses:
+        lines += ["", "## Targets missed, by how much and why", "", *misses]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions (a few minutes)")
+    parser.add_argument("--only", default="", help="comma list of benchmark numbers, e.g. 1,3 (default: all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: a sweep gives each 1-CPU trial one thread; 0 = torch's "
+                             "choice); benchmark 3 also runs on 2 threads")
+    parser.add_argument("--out", default=None,
+                        help=f"markdown file to write ('' = none; default {RESULTS.name} for a full run of all "
+                             "benchmarks, none otherwise, so a quick run never replaces the full table)")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    sizes = QUICK if args.quick else FULL
+    chosen = benchmarks(sizes)
+    wanted = [n.strip() for n in args.only.split(",") if n.strip()] or list(chosen)
+    unknown = [n for n in wanted if n not in chosen]
+    if unknown:
+        parser.error(f"--only: unknown benchmark {', '.join(unknown)}; valid: {', '.join(chosen)}")
+    console = Console() if sys.stdout.isatty() else Console(width=150)  # a log file gets whole rows
+    info = machine()
+    rows: list[Row] = []
+    for n in wanted:
+        with console.status(f"benchmark {n} ..."):
+            new = chosen[n]()
+        rows += new
+        for r in new:
+            console.print(f"[dim]{r.number}: {r.name}: {r.ratio:.2f}x (target {r.target_text})[/]")
+    console.print(table(rows))
+    out = args.out if args.out is not None else ("" if args.quick or args.only else str(RESULTS))
+    if out:
+        command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+        Path(out).write_text(markdown(rows, info, command.strip(), args.quick))
+        console.print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
