@@ -230,7 +230,7 @@ BAD: list[tuple[dict[str, Any], list[str], str]] = [
     (doc(), ["prune.rate=2"], r"\[base\] prune.rate: 2.0 is outside"),
     (doc(), ["base.train.lr=nan"], r"\[base\] train.lr: nan is not a finite number"),
     (doc(), ["resources.cpu=inf"], r"\[resources\] cpu: cannot read 'inf' as a finite number"),
-    (doc(), ["scheduler.name=asha\nx"], r"unknown value 'asha\\nx'"),
+    (doc(), ["scheduler.name=asha\nx"], r"--set 'scheduler.name': control character '\\n'"),
     (doc(storage={"ray_storage": "~\0x"}), [], r"\[storage\] ray_storage: .* contains a NUL character"),
 ]
 
