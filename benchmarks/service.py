@@ -44,10 +44,11 @@ SEARCH_VAL_FRACTION = 0.3  # 431 validation digits: 0.5 points is 2 examples (at
 
 WHY_ORCHESTRATION = ("Ray start-up and each trial's actor, reports and checkpoint persistence are fixed costs; digits "
                      "trials of a few seconds make them visible")
-WHY_TRACKING = ("MLflow on a sqlite store costs {per_level:.0f} ms per level here (the ticket run: create it, log its "
-                "params and metrics, store the mask artifacts, terminate it) while a digits level trains in "
-                "{train:.0f} ms; where a level takes minutes it is under 1%. Logging from a background thread "
-                "(MlflowClient.log_batch(synchronous=False)) would take it off the training path (search/tracking.py)")
+WHY_TRACKING = ("the sink sends a level's records (the ticket run: create it, log params and metrics, store the mask "
+                "artifacts, terminate it) from a background thread while the next level trains, but on 2 cores that "
+                "thread competes with training for the GIL and a core, and the trial's end waits for its last level's "
+                "records: {per_level:.0f} ms of extra wall time per level here, against {train:.0f} ms of training "
+                "per level; where a level takes minutes it is under 1%")
 TRACKED_LEVELS = 6  # rate 0.3 from density 1 to 0.2: levels 0..5
 WHY_SEARCH = ("16 trials per sweep are mostly exploration: Optuna's TPE samples its first 10 trials at random, as the "
               "random search does, and ASHA, while it spends fewer epochs on poor trials, also stops slow starters "

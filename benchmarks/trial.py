@@ -17,6 +17,7 @@ import torch
 from trainables import checkpoint
 from trainables.config import KEYS, Ticket
 from trainables.lottery import Lottery
+from trainables.train import Diverged
 from trainables.trainable import Sink
 
 
@@ -27,13 +28,18 @@ def plain_trial(config: dict[str, Any], sink: Sink | None = None, trial_id: str 
         sink.start(trial_id, ticket.flat())
     lottery = Lottery(ticket, on_epoch=sink.epoch if sink is not None else None)
     score = float("nan")
-    for result in lottery.run():
-        rewind = lottery.state.rewind[0] if result.level == 0 or ticket.prune.method == "init" else None
+    try:
+        for result in lottery.run():
+            rewind = lottery.state.rewind[0] if result.level == 0 or ticket.prune.method == "init" else None
+            if sink is not None:
+                sink.level(result, rewind)
+            with tempfile.TemporaryDirectory(prefix="ticket-ckpt-") as folder:
+                checkpoint.save(lottery.state, folder)
+            score = result.val_score
+    except Diverged as e:  # as the trainable: a diverged trial ends FAILED, the sweep goes on
         if sink is not None:
-            sink.level(result, rewind)
-        with tempfile.TemporaryDirectory(prefix="ticket-ckpt-") as folder:
-            checkpoint.save(lottery.state, folder)
-        score = result.val_score
+            sink.finish("FAILED", f"diverged: {e}")
+        return float("nan")
     if sink is not None:
         sink.finish("FINISHED")
     return score

@@ -75,7 +75,7 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        if last.get("diverged"):
+        if last.get("diverged") or last.get("invalid"):
             self._mark(trial, "FAILED", str(last.get("status_reason") or "diverged"))
         elif last.get("final"):
             return  # the worker set FINISHED itself: its finish() raises, failing the trial, if it cannot
@@ -119,7 +119,8 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        how = "diverged" if last.get("diverged") else "finished" if last.get("final") else "stopped early"
+        how = ("diverged" if last.get("diverged") else "failed: invalid configuration" if last.get("invalid")
+               else "finished" if last.get("final") else "stopped early")
         self.emit(f"trial {trial.trial_id} {how} at {last.get('epochs_total', 0):.1f} epochs")
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

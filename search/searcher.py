@@ -2,7 +2,8 @@
 
 - stopped by the scheduler -> PRUNED (Ray would say COMPLETE with a truncated value, and TPE would learn
   from it as if it were final);
-- diverged (NaN or inf loss) -> FAIL, with the reason in the user attr `fail_reason`;
+- diverged (NaN or inf loss) or an invalid sampled configuration -> FAIL, with the reason in the user
+  attr `fail_reason`;
 - every Optuna trial carries the user attrs `ray_trial_id` and `ray_experiment` (a token of this sweep's
   Ray experiment), so a resumed sweep can tell its own trials from anything else in the study.
 
@@ -75,7 +76,7 @@ class TicketOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._told(trial_id):
             self._completed_trials.add(trial_id)
             return
-        if result is not None and result.get("diverged"):
+        if result is not None and (result.get("diverged") or result.get("invalid")):
             self._fail(trial_id, str(result.get("status_reason") or "diverged"))
             return
         stopped_early = result is not None and not error and not result.get("final") and not result.get("collapsed")

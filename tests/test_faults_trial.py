@@ -71,6 +71,25 @@ def test_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path: P
     assert sum(t.state.name == "COMPLETE" for t in trials) == 4 - len(diverged)
 
 
+@pytest.mark.slow
+def test_a_sampled_configuration_that_cannot_run_fails_once_with_its_reason(tmp_path: Path) -> None:
+    # A rewind point past the end of training (2 epochs of digits are ~50 iterations) is only known to be
+    # wrong once the trial has its data: like divergence, it fails the trial once, without a retry.
+    doc = sweep_doc(tmp_path, "invalid", budget={"num_samples": 2, "max_concurrent": 2},
+                    scheduler={"name": "none"}, space={"prune.rewind_iter": [5000, 6000]})
+    sweep = sweep_from_dict(doc)
+    restarts = Restarts()
+    outcome = run_sweep(sweep, callbacks=[restarts])
+    assert outcome.errored == 0 and restarts.count == 0
+    assert all(r.metrics["invalid"] == 1 for r in outcome.results)
+    for run in runs_of(sweep.tracking_uri, "invalid", S.TRIAL):
+        assert run.info.status == "FAILED"
+        assert "invalid configuration: prune.rewind_iter" in run.data.tags[S.TAG_STATUS_REASON]
+    trials = study_trials(sweep.optuna_storage, "invalid")
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert all("prune.rewind_iter" in t.user_attrs[FAIL_REASON] for t in trials)
+
+
 class Restarts(tune.Callback):
     def __init__(self) -> None:
         self.count = 0

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
 from trainables.config import ConfigError
-from trainables.maskio import write_atomically
 from trainables.lottery import State
+from trainables.maskio import write_atomically
 from trainables.results import LevelResult
 
 _TENSOR = "__tensor__"

@@ -7,8 +7,9 @@ object, so workers log with explicit run ids and `trainables/` never imports MLf
 Each evaluation (end of an epoch) is reported with `epochs_total` (cumulative epochs, the scheduler's
 time attribute); each level boundary is reported with the level's metrics and a checkpoint, from which
 a failed or resumed trial continues. A trial whose loss goes NaN/inf ends FAILED without a retry (it
-would diverge again); any other error (a lost node, a full disk) fails the trial, and Ray restarts it
-from its last level checkpoint (`FailureConfig`).
+would diverge again), and so does one whose sampled configuration cannot run (a `prune.rewind_iter` past
+the end of training: a ConfigError, reported with `invalid`); any other error (a lost node, a full disk)
+fails the trial, and Ray restarts it from its last level checkpoint (`FailureConfig`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any, Protocol
 from ray import tune
 
 from trainables import checkpoint
-from trainables.config import KEYS, Ticket
+from trainables.config import KEYS, ConfigError, Ticket
+from trainables.data import DatasetMissing
 from trainables.lottery import Lottery, State
 from trainables.results import LevelResult
 from trainables.train import Diverged
@@ -71,6 +73,16 @@ def diverged_metrics(error: Diverged, state: State) -> dict[str, Any]:
             "diverged": 1, "status_reason": f"diverged: {error}"}
 
 
+def invalid_metrics(error: ConfigError, state: State | None) -> dict[str, Any]:
+    """The last result of a trial whose configuration cannot run: flagged, so the searcher tells Optuna FAIL."""
+    level = state.level if state is not None else 0
+    density = state.results[-1].density if state is not None and state.results else 1.0
+    epochs = state.epochs_total if state is not None else 0.0
+    return {"level": level, "density": density, "sparsity": 1 - density, "val_score": math.nan,
+            "epochs_total": epochs, "collapsed": 0, "level_done": False, "final": False, "diverged": 0,
+            "invalid": 1, "status_reason": f"invalid configuration: {error}"}
+
+
 def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str = "") -> None:
     """Run one ticket search inside Ray Tune. `config` holds flat ticket keys (others are ignored);
     `scratch` is where checkpoints are staged before Ray takes them ("" = the system temp folder)."""
@@ -103,6 +115,16 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str 
         tune.report(diverged_metrics(e, lottery.state))
         if sink is not None:
             sink.finish("FAILED", f"diverged: {e}")
+        return
+    except ConfigError as e:
+        if isinstance(e, DatasetMissing):  # a node without the data: another node may have it
+            if sink is not None:
+                _quietly(sink, "FAILED", f"{type(e).__name__}: {e}")
+            raise
+        metrics = invalid_metrics(e, lottery.state if lottery is not None else state)
+        tune.report(metrics)  # deterministic, like divergence: the trial ends failed, without a retry
+        if sink is not None:
+            sink.finish("FAILED", metrics["status_reason"])
         return
     except Exception as e:
         if sink is not None:
