@@ -51,6 +51,7 @@ class TicketRecord:
     val_acc: float
     test_acc: float
     collapsed: bool
+    test_score: float = math.nan  # the task's test score (accuracy, -perplexity, mean return): shown, never ranked
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
 
@@ -209,7 +210,8 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         level=int(m.get("level", tags.get(S.TAG_LEVEL, -1))), density=density,
         sparsity=m.get("sparsity", 1.0 - density), val_score=m.get("val_score", math.nan),
         val_acc=m.get("val_acc", math.nan), test_acc=m.get("test_acc", math.nan),
-        collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}))
+        collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}),
+        test_score=m.get("test_score", m.get("test_acc", math.nan)))
 
 
 def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run],

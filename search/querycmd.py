@@ -37,11 +37,20 @@ def _pct(x: float | None, digits: int = 2) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
 
 
-def _score(r: TicketRecord) -> str:
-    """A validation score as its task means it: accuracy in percent, else the number (-perplexity, return)."""
+def _score(r: TicketRecord, value: float) -> str:
+    """A score as its task means it: accuracy in percent, else the number (-perplexity, mean return)."""
     if score_meaning(r.flat.get("data.name", "")) == "accuracy":
-        return _pct(r.val_score, 1)
-    return "-" if math.isnan(r.val_score) else f"{r.val_score:.2f}"
+        return _pct(value, 1)
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def _number(text: str) -> str:
+    """A sampled float param (MLflow keeps every digit) shown with 4 significant digits; anything else as is."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return text if value.is_integer() and "." not in text else f"{value:.4g}"
 
 
 def _print_json(doc: Any) -> None:
@@ -57,8 +66,8 @@ def best_table(records: list[TicketRecord], title: str) -> Table:
     for r in records:
         margins = " ".join(f"{c} {100 * m:+.1f}" for c, m in r.controls.items()) or "-"
         density = _pct(r.density, 1) + (" collapsed" if r.collapsed else "")
-        table.add_row(r.run_id, str(r.level), density, _score(r), _pct(r.test_acc, 1), r.scorer,
-                      r.flat.get("prune.rate", "?"), margins)
+        table.add_row(r.run_id, str(r.level), density, _score(r, r.val_score), _score(r, r.test_score), r.scorer,
+                      _number(r.flat.get("prune.rate", "?")), margins)
     return table
 
 
@@ -80,7 +89,7 @@ def best_command(args: argparse.Namespace) -> int:
              f"Best tickets{f' of {args.sweep!r}' if args.sweep else ''} by validation score")
     console.print(best_table(records, title))
     console.print("val = validation score (ranks tickets: accuracy, minus the perplexity of a language model, "
-                  "a policy's mean return); test = test accuracy, shown, never used to rank.")
+                  "a policy's mean return); test = the same score on the test split, shown, never used to rank.")
     return 0
 
 
