@@ -37,14 +37,18 @@ WHY_DATA = ("the lenet300 step itself ({step:.2f} ms of CPU per iteration, the s
             "{ratio:.2f}x; 1.5x needs a step under {needed:.2f} ms (a faster core, or a GPU)")
 WHY_MASK = ("masking is two elementwise products over the masked weights per step (~0.1 ms for 8 lenet300 "
             "members, ~2% of a 4.7 ms step); the rest is run-to-run noise of the same size on this shared machine")
-WHY_POPULATION = ("lenet300 at batch 64 is compute-bound on one core already: each member-step is ~17 MFLOP of "
-                  "matrix products that run at ~40 GFLOP/s one by one or batched; batching removes per-member "
-                  "framework overhead (~0.5 of ~1.05 ms per member-step), not FLOPs, while the vmap pass adds "
-                  "~1.3 ms of fixed cost per step, so ~2x is this core's ceiling")
-WHY_THREADS = "see the note: two threads on two busy vCPUs"
-NOTE_THREADS = ("two torch threads on 2 vCPUs shared with other tenants: an OpenMP region stalls whenever one of its "
-                "threads is descheduled, which hurts the one-by-one path's many small operations far more than the "
-                "batched path's few large ones, so this ratio overstates what an idle machine would show")
+WHY_POPULATION = ("lenet300 at batch 64 is compute-bound on one core: a member-step (forward and backward, ~17 MFLOP "
+                  "of matrix products) takes {solo:.2f} ms one by one and {together:.2f} ms batched. Batching turns "
+                  "8 members' products into batched matrix products, which run at ~85 GFLOP/s for these shapes on "
+                  "this core (its fp32 peak, a 1024x1024 product, is ~98 GFLOP/s), but it does not shrink the FLOPs, "
+                  "and the loss, optimizer and masks remain elementwise passes over 8x the data; what it removes is "
+                  "per-member framework overhead, a minority of a member-step on this core. On a GPU, where one "
+                  "member leaves the device idle, the same path is the 20x lever (benchmarks/gpu.py)")
+WHY_THREADS = ("a second thread splits each product, which helps the batched path's large products more than the "
+               "one-by-one path's small ones, but the FLOPs of 3 stay the same: two cores only double the ceiling")
+NOTE_THREADS = ("wall time; two torch threads on the 2 vCPUs (each trial of a sweep gets one thread per CPU it asks "
+                "for); on a machine shared with other tenants an OpenMP region stalls whenever one of its threads is "
+                "descheduled, which hurts the one-by-one path's many small operations more than the batched path's")
 WHY_IMP = ("IMP with one reinit control trains 2 members per level, and on a CPU batching pays from 4 members "
            "(population.MIN_MEMBERS, see 3), so both sides train one member at a time and ours gains only the data "
            "path (1) and the reference's mask multiply on every forward pass; the step itself is the same "
@@ -190,6 +194,9 @@ def population_speed(reps: int, members: int = 8, epochs: int = 1, thread_counts
                                 f"population: {members} members, {epochs} epoch(s), {n} thread(s)",
                                 ("together", run("1")), ("one by one", run("0")), 3.0, reps, clock=clock(),
                                 why=WHY_POPULATION if n == 1 else WHY_THREADS, note="" if n == 1 else NOTE_THREADS))
+        steps = members * lot.total  # member-steps per timed run
+        rows[-1].why = rows[-1].why.format(solo=rows[-1].theirs_value / steps * 1e3,
+                                           together=rows[-1].ours_value / steps * 1e3)
     return rows
 
 

@@ -1,6 +1,6 @@
 """Run the side-by-side benchmarks, print a table of ratios and write benchmarks/RESULTS.md.
 
-    python -m benchmarks.run                 # every benchmark, full sizes (about 25 minutes on 2 cores);
+    python -m benchmarks.run                 # every benchmark, full sizes (about 5 minutes on 2 idle cores);
                                              # writes benchmarks/RESULTS.md
     python -m benchmarks.run --quick         # smaller sizes, fewer repetitions: a few minutes (`make bench`);
                                              # prints the table only, unless --out names a file
