@@ -1,6 +1,6 @@
 """Run the side-by-side benchmarks, print a table of ratios and write benchmarks/RESULTS.md.
 
-    python -m benchmarks.run                 # every benchmark, full sizes (about 5 minutes on 2 idle cores);
+    python -m benchmarks.run                 # every benchmark, full sizes (about 12 minutes on 2 idle cores);
                                              # writes benchmarks/RESULTS.md
     python -m benchmarks.run --quick         # smaller sizes, fewer repetitions: a few minutes (`make bench`);
                                              # prints the table only, unless --out names a file
@@ -36,15 +36,16 @@ class Sizes:
     long_reps: int  # repetitions of the long ones (4-6)
     imp_epochs: int  # epochs per IMP level in 4
     population_epochs: int
-    sweep_trials: int  # trials per sweep in 5 and 7
+    sweep_trials: int  # trials per sweep in 5
     trial_epochs: int  # epochs per level of a sweep's trial
     search_seeds: int  # repetitions of 7 (each is two whole sweeps)
+    search_trials: int = 8  # trials per sweep in 7: TPE samples its first 10 at random, so it needs more
 
 
 QUICK = Sizes(reps=5, long_reps=1, imp_epochs=2, population_epochs=1, sweep_trials=8, trial_epochs=2,
-              search_seeds=1)
+              search_seeds=1, search_trials=8)
 FULL = Sizes(reps=9, long_reps=3, imp_epochs=5, population_epochs=2, sweep_trials=16, trial_epochs=6,
-             search_seeds=3)
+             search_seeds=5, search_trials=32)
 
 
 def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:
