@@ -39,11 +39,12 @@ WHY_MASK = ("masking is two elementwise products over the masked weights per ste
             "members, ~2% of a 4.7 ms step); the rest is run-to-run noise of the same size on this shared machine")
 WHY_POPULATION = ("lenet300 at batch 64 is compute-bound on one core: a member-step (forward and backward, ~17 MFLOP "
                   "of matrix products) takes {solo:.2f} ms one by one and {together:.2f} ms batched. Batching turns "
-                  "8 members' products into batched matrix products, which run at ~85 GFLOP/s for these shapes on "
-                  "this core (its fp32 peak, a 1024x1024 product, is ~98 GFLOP/s), but it does not shrink the FLOPs, "
-                  "and the loss, optimizer and masks remain elementwise passes over 8x the data; what it removes is "
-                  "per-member framework overhead, a minority of a member-step on this core. On a GPU, where one "
-                  "member leaves the device idle, the same path is the 20x lever (benchmarks/gpu.py)")
+                  "8 members' products into batched matrix products, which run at ~58 GFLOP/s averaged over the "
+                  "step's shapes (profiled; ~85 for the largest, and this core's fp32 peak, a 1024x1024 product, is "
+                  "~98 GFLOP/s): ~0.29 ms per member-step for the products alone, already the whole budget of a 3x "
+                  "speed-up. Batching does not shrink the FLOPs, and the loss, optimizer and masks remain "
+                  "elementwise passes over 8x the data; what it removes is per-member framework overhead. On a GPU, "
+                  "where one member leaves the device idle, the same path is the 20x lever (benchmarks/gpu.py)")
 WHY_THREADS = ("a second thread splits each product, which helps the batched path's large products more than the "
                "one-by-one path's small ones, but the FLOPs of 3 stay the same: two cores only double the ceiling")
 NOTE_THREADS = ("wall time; two torch threads on the 2 vCPUs (each trial of a sweep gets one thread per CPU it asks "
