@@ -55,18 +55,18 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
                             text=True, start_new_session=True)
     sweep = sweep_from_dict(doc)
     deadline = time.time() + 240
-    while time.time() < deadline:  # interrupt once a few tickets are in, mid-sweep
-        time.sleep(2)
+    while time.time() < deadline:  # interrupt once the first trial's tickets are in, mid-sweep
+        time.sleep(0.5)  # the whole sweep takes ~10 s: polling slowly could miss its middle
         try:
-            if len(ticket_runs(sweep)) >= 4:
+            if len(ticket_runs(sweep)) >= 3:
                 break
-        except Exception:  # noqa: BLE001 - the store may not exist yet
+        except Exception:  # noqa: BLE001 - the store may not exist yet, or be locked by a writer
             continue
     assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a user would
     out, _ = proc.communicate(timeout=120)
     before = len(ticket_runs(sweep))
-    assert before >= 4, out
+    assert before >= 3, out
 
     done = subprocess.run([sys.executable, "-m", "search", "resume", "resumable", "--root",
                            str(tmp_path / "runs")], cwd=tmp_path, env=env, capture_output=True, text=True,
