@@ -30,3 +30,15 @@ def ray_local() -> Iterator[None]:
              configure_logging=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread for the test, restored after. Small models (language models, policies, the
+    science test's MLP) gain nothing from a second thread on 2 cores, and on a busy machine each operation
+    waits for the slower thread: the CartPole science test took 36 s on one thread and 13 min on two there,
+    with the same figures."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,7 +4,6 @@ that an IMP ticket with late rewinding at about 30% density matches the dense mo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -23,15 +22,7 @@ TINY = {"data.name": "pydoc", "model.name": "lstm", "model.width": 16, "model.de
         "model.context": 32, "train.batch_size": 256, "train.epochs": 1, "train.optimizer": "adam",
         "train.lr": 0.01, "train.device": "cpu"}
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These models are small: on a busy 2-core machine a second intra-op thread mostly waits for the
-    first (the science test took 60 s with two threads there, 6 s alone); the figures do not change."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
 
 def ticket(**kw: object) -> Ticket:

@@ -5,7 +5,6 @@ matches the dense policy's return."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,15 +23,7 @@ TINY = {"data.name": "gym:CartPole-v1", "model.name": "mlp", "model.widths": "16
         "train.lr": 0.003, "train.batch_size": 64, "train.epochs": 2, "rl.envs": 4, "rl.rollout_steps": 64,
         "rl.rollouts_per_epoch": 2, "rl.ppo_epochs": 1, "rl.eval_episodes": 3, "train.device": "cpu"}
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """A policy's forward passes are tiny: a second intra-op thread only adds synchronisation, which on a
-    busy machine costs minutes (the science test: 36 s with one thread, 13 min with two, same figures)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small models, one thread
 
 
 def ticket(**kw: object) -> Ticket:

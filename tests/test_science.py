@@ -12,23 +12,14 @@ dense 62.1%, ticket 64.4%, shuffle 54.7%.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from trainables.config import Ticket
 from trainables.lottery import Lottery
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # the figures above; and small MLPs train fastest on one thread
 def test_imp_ticket_on_mnist1d_beats_dense_and_shuffled_masks() -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the figures above; and small MLPs train fastest on one thread
-    try:
-        _check_ticket_effect()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _check_ticket_effect() -> None:
     t = Ticket.from_flat({
         "data.name": "mnist1d", "model.name": "mlp", "model.widths": "100,100", "train.optimizer": "sgd",
         "train.lr": 0.1, "train.momentum": 0.9, "train.batch_size": 64, "train.epochs": 40, "train.seed": 0,
