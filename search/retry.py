@@ -179,11 +179,15 @@ class Outbox:
     def drain(self, budget_s: float = 0.0) -> bool:
         """Run the queued jobs in order; True once all ran. Transient failures are retried with backoff
         while `budget_s` lasts (0: one try, then return False); any other error is raised. Waits for a
-        background drain in progress first."""
-        with self._lock:
+        background drain in progress first (up to `budget_s`; False if that drain is still stuck then)."""
+        if not self._lock.acquire(timeout=budget_s if budget_s > 0 else -1):
+            return False
+        try:
             if threading.current_thread() is not self._thread:
                 self._error = None  # the job that failed is still queued: it fails again here, or succeeds
             return self._drain(budget_s)
+        finally:
+            self._lock.release()
 
     def _drain(self, budget_s: float) -> bool:
         deadline = time.monotonic() + budget_s
