@@ -30,6 +30,9 @@ from trainables.trainable import ticket_trial
 __all__ = ["FAIL_REASON", "TicketOptunaSearch", "build_tuner", "optuna_storage", "restore_tuner"]
 
 MAX_FAILURES = 2  # restarts of a failed trial from its last level checkpoint
+# Every level checkpoint is kept (num_to_keep=None): a driver that dies leaves Ray's experiment snapshot a
+# few seconds behind its trials, and a resumed trial restores the checkpoint that snapshot names; with
+# num_to_keep=2, two faster levels had already deleted it ("does not exist on storage anymore").
 SCRATCH_ENV = "TICKET_SEARCH_SCRATCH"  # read by the driver, handed to trials: where they stage files
 
 
@@ -109,7 +112,7 @@ def build_tuner(sweep: Sweep, tracking: Tracking, callbacks: list[tune.Callback]
         run_config=tune.RunConfig(
             name=sweep.name, storage_path=sweep.ray_storage, stop=CollapseStopper(), callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None), verbose=0),  # every level: see above
     )
 
 

@@ -172,7 +172,7 @@ class ResultTimes(tune.Callback):
 def test_tracking_server_restart_mid_sweep_loses_nothing(tmp_path: Path) -> None:
     with postgres_database("ts_restart") as db, MlflowServer(db, tmp_path / "artifacts") as server:
         doc = sweep_doc(tmp_path, "restarted", budget={"num_samples": 6, "max_concurrent": 2},
-                        scheduler={"name": "none"}, base={"train.epochs": 4},
+                        scheduler={"name": "none"}, base={"train.epochs": 10},  # levels of ~1 s
                         storage={"tracking_uri": server.uri})
         sweep = sweep_from_dict(doc)
         seen, outcome = ResultTimes(), {}

@@ -164,7 +164,7 @@ class FillAfterLevel0(tune.Callback):
 @pytest.mark.slow
 def test_full_disk_fails_the_trial_clearly_and_it_restarts_from_its_level(tmp_path: Path, disk: Disk) -> None:
     doc = sweep_doc(tmp_path, "diskfull", budget={"num_samples": 1, "max_concurrent": 1},
-                    scheduler={"name": "none"}, base={"train.epochs": 6, "prune.rate": 0.5})
+                    scheduler={"name": "none"}, base={"train.epochs": 30, "prune.rate": 0.5})
     sweep = sweep_from_dict(doc)
     watch = FillAfterLevel0(disk)
     outcome = run_sweep(sweep, callbacks=[watch])
