@@ -178,7 +178,9 @@ def test_tracking_server_restart_mid_sweep_loses_nothing(tmp_path: Path) -> None
         seen, outcome = ResultTimes(), {}
         thread = threading.Thread(target=lambda: outcome.update(o=run_sweep(sweep, callbacks=[seen])), daemon=True)
         thread.start()
-        wait_for(lambda: len(runs_of(server.uri, "restarted", S.TICKET)) >= 2, "2 ticket runs")
+        # Go down once Ray has seen two levels finish: the trials are mid-way (their ticket runs reach MLflow
+        # from a background thread, a little later, so waiting for those could catch trials at their end).
+        wait_for(lambda: sum(done for _, _, done in list(seen.results)) >= 2, "2 levels finished")
         down = time.time()
         server.restart()  # same port, same database: a head-node restart of the tracking server
         up = time.time()
