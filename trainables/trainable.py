@@ -65,22 +65,13 @@ def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
             "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0}
 
 
-def diverged_metrics(error: Diverged, state: State) -> dict[str, Any]:
-    """The last result of a trial whose loss went NaN/inf: flagged, so the searcher tells Optuna FAIL."""
-    density = state.results[-1].density if state.results else 1.0
-    return {"level": state.level, "density": density, "sparsity": 1 - density, "val_score": math.nan,
-            "epochs_total": state.epochs_total, "collapsed": 0, "level_done": False, "final": False,
-            "diverged": 1, "status_reason": f"diverged: {error}"}
-
-
-def invalid_metrics(error: ConfigError, state: State | None) -> dict[str, Any]:
-    """The last result of a trial whose configuration cannot run: flagged, so the searcher tells Optuna FAIL."""
-    level = state.level if state is not None else 0
+def failed_metrics(flag: str, reason: str, state: State | None) -> dict[str, Any]:
+    """The last result of a trial that ends failed without a retry, `flag` ("diverged": its loss went NaN/inf;
+    "invalid": its configuration cannot run) set to 1, so the searcher tells Optuna FAIL with `reason`."""
     density = state.results[-1].density if state is not None and state.results else 1.0
-    epochs = state.epochs_total if state is not None else 0.0
-    return {"level": level, "density": density, "sparsity": 1 - density, "val_score": math.nan,
-            "epochs_total": epochs, "collapsed": 0, "level_done": False, "final": False, "diverged": 0,
-            "invalid": 1, "status_reason": f"invalid configuration: {error}"}
+    return {"level": state.level if state is not None else 0, "density": density, "sparsity": 1 - density,
+            "val_score": math.nan, "epochs_total": state.epochs_total if state is not None else 0.0,
+            "collapsed": 0, "level_done": False, "final": False, "diverged": 0, flag: 1, "status_reason": reason}
 
 
 def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str = "") -> None:
@@ -112,7 +103,7 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str 
             _report_with_checkpoint(metrics, lottery.state, scratch)
     except Diverged as e:  # deterministic: a retry would diverge again, so the trial ends here, failed
         assert lottery is not None
-        tune.report(diverged_metrics(e, lottery.state))
+        tune.report(failed_metrics("diverged", f"diverged: {e}", lottery.state))
         if sink is not None:
             sink.finish("FAILED", f"diverged: {e}")
         return
@@ -121,7 +112,8 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str 
             if sink is not None:
                 _quietly(sink, "FAILED", f"{type(e).__name__}: {e}")
             raise
-        metrics = invalid_metrics(e, lottery.state if lottery is not None else state)
+        metrics = failed_metrics("invalid", f"invalid configuration: {e}",
+                                 lottery.state if lottery is not None else state)
         tune.report(metrics)  # deterministic, like divergence: the trial ends failed, without a retry
         if sink is not None:
             sink.finish("FAILED", metrics["status_reason"])
