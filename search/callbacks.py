@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search import schema as S
+from search.reconcile import Outcome
 from search.retry import Outbox, retry_budget_s
-from search.tracking import Tracking, find_trial_run
+from search.runlog import Tracking, find_trial_run
 
 RETRY_EVERY_S = 5.0  # how often queued trial statuses are tried again while the server is away
 log = logging.getLogger(__name__)
@@ -27,20 +28,31 @@ class TrackingCallback(tune.Callback):
     errored -> FAILED with the error. A finished trial's worker sets FINISHED itself (its `finish` fails
     the trial when it cannot), so that one needs no call from here. A mark the tracking server cannot take
     now waits in an `Outbox`: tried again every few seconds, and waited for (up to `retry_budget_s()`)
-    when the experiment ends. Together: no trial run is left RUNNING.
+    when the experiment ends.
+
+    It also keeps each trial's `Outcome` (`outcomes`), including those Tune stops without telling callbacks
+    (the sweep's time budget, an interrupted sweep): the driver's reconciliation (search/reconcile.py)
+    sets the final statuses from them, so no trial run is left RUNNING whatever a worker managed to send.
     """
 
-    def __init__(self, tracking: Tracking) -> None:
+    def __init__(self, tracking: Tracking, time_limit_s: float = 0.0) -> None:
         self.tracking = tracking
+        self.time_limit_s = time_limit_s
+        self.outcomes: dict[str, Outcome] = {}
         self._client: MlflowClient | None = None
         self._outbox = Outbox()
         self._last_try = 0.0
+        self._began = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks with the experiment
-        return {"tracking": self.tracking}
+        return {"tracking": self.tracking, "time_limit_s": self.time_limit_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["tracking"])  # type: ignore[misc]
+        self.__init__(state["tracking"], state.get("time_limit_s", 0.0))  # type: ignore[misc]
+
+    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
+        self._began = time.monotonic()  # the time budget counts from here
 
     @property
     def client(self) -> MlflowClient:
@@ -49,6 +61,7 @@ class TrackingCallback(tune.Callback):
         return self._client
 
     def _mark(self, trial: Any, status: str, reason: str) -> None:
+        self.outcomes[trial.trial_id] = Outcome(status, reason)
         self._outbox.put(functools.partial(self._set_status, trial.trial_id, status, reason),
                          f"trial {trial.trial_id} {status}")
         self._drain()
@@ -70,15 +83,33 @@ class TrackingCallback(tune.Callback):
             self._drain()
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        for trial in trials:  # the ones Tune stopped without a callback: time budget, interruption
+            if trial.trial_id not in self.outcomes:
+                self.outcomes[trial.trial_id] = self._ended_silently(trial)
         if not self._outbox.drain(retry_budget_s()):
             log.error("tracking: trial statuses not recorded: %s", self._outbox.describe())
+
+    def _ended_silently(self, trial: Any) -> Outcome:
+        last = trial.last_result or {}
+        if trial.status == "ERROR":
+            return Outcome("FAILED", error_text(trial))
+        if last.get("final"):
+            return Outcome("FINISHED")
+        if trial.status == "TERMINATED" and self.time_limit_s and \
+                time.monotonic() - self._began >= self.time_limit_s - 1.0:
+            return Outcome("KILLED", f"stopped: the sweep's time budget of {self.time_limit_s:g} s ran out "
+                                     f"at epoch {last.get('epochs_total', 0):.1f}")
+        if trial.status == "TERMINATED":
+            return Outcome("KILLED", f"stopped when the sweep ended, at epoch {last.get('epochs_total', 0):.1f}")
+        return Outcome("KILLED", f"interrupted ({trial.status.lower()}) when the sweep stopped; "
+                                 f"`ticket-search resume {self.tracking.sweep}` continues it")
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         if last.get("diverged") or last.get("invalid"):
             self._mark(trial, "FAILED", str(last.get("status_reason") or "diverged"))
         elif last.get("final"):
-            return  # the worker set FINISHED itself: its finish() raises, failing the trial, if it cannot
+            self.outcomes[trial.trial_id] = Outcome("FINISHED")  # the worker set FINISHED itself
         elif last.get("collapsed"):
             self._mark(trial, "KILLED", f"stopped: layer collapse at level {last.get('level')}")
         else:

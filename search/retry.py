@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 RETRY_ENV = "TICKET_SEARCH_TRACKING_RETRY_S"
+# Test-only: seconds to sleep before each queued tracking call, so the race between a trial's background
+# writes and Ray stopping the trial happens on every machine, not only on a slow one (tests/test_complete.py).
+DELAY_ENV = "TICKET_SEARCH_TEST_TRACKING_DELAY_S"
 HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 HTTP_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 DEFAULT_RETRY_S = 600.0  # 10 min: a server restart or a failover, not a lost head node
@@ -83,6 +86,14 @@ def _int_env(key: str, default: int) -> int:
 
 class TrackingUnavailable(RuntimeError):
     """The tracking server stayed away for the whole retry budget; what could not be logged is named."""
+
+
+def injected_delay_s() -> float:
+    """The test-only delay before each outbox job (`TICKET_SEARCH_TEST_TRACKING_DELAY_S`; 0 = none)."""
+    try:
+        return max(0.0, float(os.environ.get(DELAY_ENV, "") or 0))
+    except ValueError:
+        return 0.0
 
 
 def retry_budget_s() -> float:
@@ -134,6 +145,7 @@ class Outbox:
     jobs: deque[tuple[str, Callable[[], None]]] = field(default_factory=deque)
     seconds: float = 0.0  # wall time spent inside the calls, successful or not (the load test reads it)
     last_error: str = ""
+    delay_s: float = 0.0  # test-only: slept before each job (see DELAY_ENV)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one drain at a time
     _wake: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -176,24 +188,30 @@ class Outbox:
         self._closed = True
         self._wake.set()
 
-    def drain(self, budget_s: float = 0.0) -> bool:
+    def drain(self, budget_s: float = 0.0, *, strict: bool = False) -> bool:
         """Run the queued jobs in order; True once all ran. Transient failures are retried with backoff
         while `budget_s` lasts (0: one try, then return False); any other error is raised. Waits for a
-        background drain in progress first (up to `budget_s`; False if that drain is still stuck then)."""
+        background drain in progress first (up to `budget_s`; False if that drain is still stuck then).
+        `strict`: start no job once `budget_s` has passed either (a trial Tune stopped has seconds to go)."""
+        began = time.monotonic()
         if not self._lock.acquire(timeout=budget_s if budget_s > 0 else -1):
             return False
         try:
             if threading.current_thread() is not self._thread:
                 self._error = None  # the job that failed is still queued: it fails again here, or succeeds
-            return self._drain(budget_s)
+            return self._drain(budget_s - (time.monotonic() - began), strict)
         finally:
             self._lock.release()
 
-    def _drain(self, budget_s: float) -> bool:
+    def _drain(self, budget_s: float, strict: bool = False) -> bool:
         deadline = time.monotonic() + budget_s
         delay = FIRST_DELAY_S
         while self.jobs:
+            if strict and time.monotonic() >= deadline:
+                return False
             what, job = self.jobs[0]
+            if self.delay_s:
+                time.sleep(self.delay_s)
             began = time.perf_counter()
             try:
                 job()

@@ -20,8 +20,10 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from search import reconcile
 from search import schema as S
 from search.callbacks import TrackingCallback
+from search.reconcile import Reconciliation
 from search.recovery import close_orphans, settle_finished
 from search.retry import call_with_retry, quick_http, retry_budget_s
 from search.sweepfile import SWEEP_NAME, Sweep, sweep_from_dict
@@ -41,6 +43,7 @@ class SweepOutcome:
     trials: int
     errored: int
     results: Any  # ray.tune.ResultGrid
+    record: Reconciliation  # Ray's durable record against MLflow, after the reconciliation
 
 
 def sweep_params(sweep: Sweep) -> dict[str, Any]:
@@ -116,11 +119,14 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, callbacks: list[tune.Callba
         if study is not None:
             settle_finished(tracking, study, sweep.metrics)
     save_record(sweep)
-    cbs = [TrackingCallback(tracking), *(callbacks or [])]
+    watcher = TrackingCallback(tracking, sweep.time_limit_s)
+    cbs = [watcher, *(callbacks or [])]
     tuner = restore_tuner(sweep, tracking, cbs) if resume else build_tuner(sweep, tracking, cbs)
     grid = tuner.fit()
+    record = reconcile.reconcile(tracking, sweep.ray_storage, watcher.outcomes) if reconcile.enabled() \
+        else Reconciliation()
     _close_parent(tracking, sweep, grid)
-    return SweepOutcome(sweep, tracking, len(grid), len(grid.errors), grid)
+    return SweepOutcome(sweep, tracking, len(grid), len(grid.errors), grid, record)
 
 
 def _existing_study(sweep: Sweep) -> optuna.Study | None:

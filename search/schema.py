@@ -25,6 +25,7 @@ TAG_LEVEL = "level"
 TAG_KEY = "ticket_key"  # <trial>/<level>/<member>: the identity that makes a ticket run exactly-once
 TAG_TICKET_ID = "ticket_id"  # Ticket.id of the trial's config
 TAG_STATUS_REASON = "status_reason"  # why a trial failed or was stopped
+PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under another by it (trial in sweep, ticket in trial)
 DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.scorer",
               "method": "prune.method"}  # tag -> flat key it copies
 TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "test_score", "val_loss",

@@ -21,6 +21,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from search.retry import injected_delay_s
 from search.searcher import FAIL_REASON, TicketOptunaSearch
 from search.space import define_by_run, sampler
 from search.sweepfile import Sweep
@@ -85,7 +86,8 @@ def scheduler(sweep: Sweep) -> TrialScheduler:
 
 def trainable(sweep: Sweep, tracking: Tracking) -> Any:
     scratch = os.environ.get(SCRATCH_ENV, "")
-    fn = tune.with_parameters(ticket_trial, sink=MlflowSink(tracking, scratch), scratch=scratch)
+    sink = MlflowSink(tracking, scratch, injected_delay_s())  # the delay: tests force the stop-vs-write race
+    fn = tune.with_parameters(ticket_trial, sink=sink, scratch=scratch)
     resources: dict[str, float] = {"cpu": sweep.cpu, "gpu": sweep.gpu}
     return tune.with_resources(fn, resources)
 

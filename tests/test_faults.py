@@ -34,6 +34,7 @@ from sweepcheck import (
     assert_nothing_running,
     assert_steps_once,
     assert_tickets_exactly_once,
+    audit,
     runs_of,
     study_states,
     study_trials,
@@ -44,6 +45,7 @@ from test_sweep_services import write_sweep
 from search import cli
 from search import schema as S
 from search.recovery import settle_finished
+from search.retry import DELAY_ENV
 from search.runner import run_sweep
 from search.searcher import FAIL_REASON, ORPHAN_REASON, TRIAL_ATTR, TicketOptunaSearch
 from search.sweepfile import sweep_from_dict
@@ -52,6 +54,19 @@ from search.tuner import optuna_storage
 
 TESTS = Path(__file__).resolve().parent
 LONG = {"scheduler": {"name": "none"}, "base": {"train.epochs": 3}}  # every trial runs every level
+SLOW_TRACKING = {DELAY_ENV: "1.0"}  # s before each tracking call in the trials: records are still queued when
+# Ray stops a trial or loses it, on every machine (test_complete.py); only the reconciliation saves them.
+
+
+def to_max_t(doc: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """Every trial runs all three levels (rate 0.5 twice stays above the 0.2 target) and Ray stops it at its
+    last result (ASHA's max_t = its grace period = 3 levels of `epochs`): the ending where a trial's queued
+    records were lost."""
+    doc["base"].update({"train.epochs": epochs, "prune.rate": 0.5, "prune.levels": 2})
+    doc["space"] = {"train.lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True}}
+    doc["objective"]["target_density"] = 0.2
+    doc["scheduler"] = {"name": "asha", "grace_period": 3 * epochs, "reduction_factor": 2}
+    return doc
 
 
 @contextlib.contextmanager
@@ -76,8 +91,8 @@ def kill_leftovers(folder: Path) -> int:
     return len(pids)
 
 
-def child_env(ray_tmp: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmp),
+def child_env(ray_tmp: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, **extra, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmp),
             "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
 
 
@@ -95,13 +110,13 @@ def wait_for(predicate: Any, what: str, timeout: float = 240, proc: subprocess.P
 
 @pytest.mark.slow
 def test_worker_node_lost_mid_sweep_trials_restart_from_their_level(tmp_path: Path) -> None:
-    doc = sweep_doc(tmp_path, "nodelost", budget={"num_samples": 4, "max_concurrent": 3}, **LONG)
+    doc = to_max_t(sweep_doc(tmp_path, "nodelost", budget={"num_samples": 4, "max_concurrent": 3}), epochs=3)
     doc["resources"] = {"cpu": 1}
     (tmp_path / "sweep.json").write_text(json.dumps(doc))
     with own_ray_tmpdir() as ray_tmp:
         done = subprocess.run([sys.executable, str(TESTS / "cluster_sweep.py"), str(tmp_path / "sweep.json"),
-                               str(tmp_path / "out.json")], env=child_env(ray_tmp), capture_output=True,
-                              text=True, timeout=420)
+                               str(tmp_path / "out.json")], env=child_env(ray_tmp, **SLOW_TRACKING),
+                              capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["finished"] and out["trials"] == 4 and out["errored"] == 0, out
@@ -118,17 +133,19 @@ def test_worker_node_lost_mid_sweep_trials_restart_from_their_level(tmp_path: Pa
     statuses = assert_nothing_running(sweep.tracking_uri, "nodelost")
     assert len(statuses.get("FINISHED", [])) == 4, statuses
     assert_steps_once(sweep.tracking_uri, "nodelost")
+    problems = audit(sweep.tracking_uri, sweep.ray_storage, "nodelost")  # MLflow against Ray's own files
+    assert not problems, problems
     assert study_states(sweep.optuna_storage, "nodelost")["COMPLETE"] == 4
 
 
 @pytest.mark.slow
 def test_driver_killed_mid_sweep_resume_completes_it_consistently(tmp_path: Path) -> None:
-    doc = sweep_doc(tmp_path, "killed", budget={"num_samples": 5, "max_concurrent": 2}, **LONG)
-    doc["base"]["train.epochs"] = 20  # trials of a few seconds: the kill must land mid-sweep
+    # trials of a few seconds: the kill must land mid-sweep
+    doc = to_max_t(sweep_doc(tmp_path, "killed", budget={"num_samples": 5, "max_concurrent": 2}), epochs=20)
     path = write_sweep(tmp_path / "killed.toml", doc)
     sweep = sweep_from_dict(doc)
     with own_ray_tmpdir() as ray_tmp:
-        env = child_env(ray_tmp)
+        env = child_env(ray_tmp, **SLOW_TRACKING)
         proc = subprocess.Popen([sys.executable, "-m", "search", "sweep", str(path)], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         wait_for(lambda: len(runs_of(sweep.tracking_uri, "killed", S.TICKET)) >= 3, "3 ticket runs", proc=proc)
@@ -148,6 +165,8 @@ def test_driver_killed_mid_sweep_resume_completes_it_consistently(tmp_path: Path
         assert run.data.tags.get(S.TAG_STATUS_REASON), run.info.run_id
     assert_tickets_exactly_once(sweep.tracking_uri, "killed", finished=finished)
     assert_steps_once(sweep.tracking_uri, "killed")
+    problems = audit(sweep.tracking_uri, sweep.ray_storage, "killed")  # MLflow against Ray's own files
+    assert not problems, problems
     trials = study_trials(sweep.optuna_storage, "killed")
     states = [t.state.name for t in trials]
     assert states.count("COMPLETE") == 5 and "RUNNING" not in states, states

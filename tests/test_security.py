@@ -27,8 +27,8 @@ from test_sweep_services import write_sweep
 
 from search import schema as S
 from search.export import export_ticket, resolve_init_mask
+from search.runlog import log_params
 from search.sweepfile import sweep_from_dict
-from search.tracking import _log_params
 from trainables import maskio
 from trainables import masks as mk
 from trainables.config import ConfigError, Ticket
@@ -155,7 +155,7 @@ def ticket_store(tmp: Path) -> tuple[str, str, str]:
     trial = client.create_run(exp, tags={S.KIND: S.TRIAL}).info.run_id
     run = client.create_run(exp, tags={S.KIND: S.TICKET, S.TAG_MEMBER: "ticket", "mlflow.parentRunId": trial,
                                        S.TAG_SWEEP: "sec"}).info.run_id
-    _log_params(client, run, ticket.flat())
+    log_params(client, run, ticket.flat())
     files = tmp / "files"
     files.mkdir()
     maskio.save(mk.ones(model), files / S.MASK_ARTIFACT)

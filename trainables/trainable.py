@@ -29,7 +29,12 @@ from trainables.lottery import Lottery, State
 from trainables.results import LevelResult
 from trainables.train import Diverged
 
-QUICK_FINISH_S = 30.0  # s a failing or stopped trial waits for the tracking server: its own error comes first
+QUICK_FINISH_S = 30.0  # s a failing trial waits for the tracking server: its own error comes first
+# s a trial Tune stopped waits for its queued records. Tune gives a stopped trial's thread 2 s
+# (TUNE_FUNCTION_THREAD_TIMEOUT_S) before it gives up reusing the actor; it then errors the NEXT trial on
+# that actor without telling the search algorithm, whose concurrency slot is never freed, and the sweep
+# hangs. What is still queued is logged by the driver's reconciliation from the level checkpoints.
+STOPPED_FINISH_S = 1.0
 
 
 class Sink(Protocol):
@@ -84,11 +89,14 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str 
         if state is not None:  # records still queued when the last process died are logged now
             sink.catch_up(state.results, state.rewind[0] if state.rewind else None)
     lottery: Lottery | None = None
+    last_row: dict[str, Any] = {}
 
     def on_epoch(row: dict[str, Any]) -> None:
         if sink is not None:
             sink.epoch(row)
         assert lottery is not None
+        last_row.clear()
+        last_row.update(row)
         if row["iteration"] < lottery.total:  # the level's last evaluation is reported with its checkpoint
             tune.report({**row, "sparsity": 1 - row["density"], "collapsed": 0, "level_done": False,
                          "final": False, "diverged": 0})
@@ -100,6 +108,8 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str 
             if sink is not None:
                 sink.level(result, rewind)
             metrics = {**level_metrics(result, lottery.state), "tracking_s": sink.seconds if sink else 0.0}
+            if "iterations_total" in last_row:  # the step of the level's last evaluation, as the sink logged it
+                metrics["iterations_total"] = last_row["iterations_total"]
             _report_with_checkpoint(metrics, lottery.state, scratch)
     except Diverged as e:  # deterministic: a retry would diverge again, so the trial ends here, failed
         assert lottery is not None
@@ -122,9 +132,10 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str 
         if sink is not None:
             _quietly(sink, "FAILED", f"{type(e).__name__}: {e}")
         raise
-    except BaseException:  # Tune stops a trial (scheduler, stopper) by raising SystemExit in its thread
-        if sink is not None:
-            _quietly(sink, "KILLED")  # the driver's callback records why
+    except BaseException:  # Tune stops a trial (scheduler, stopper, max_t) by raising SystemExit in its thread
+        if sink is not None:  # stopped at its last level (max_t) it ran every level: FINISHED, not KILLED
+            done = lottery is not None and lottery.state.done
+            _quietly(sink, "FINISHED" if done else "KILLED", wait_s=STOPPED_FINISH_S)  # the driver records why
         raise
     if sink is not None:
         sink.finish("FINISHED")
@@ -141,10 +152,10 @@ def _report_with_checkpoint(metrics: dict[str, Any], state: State, scratch: str)
                                    f"{scratch or tempfile.gettempdir()}: {e}") from e
 
 
-def _quietly(sink: Sink, status: str, reason: str = "") -> None:
+def _quietly(sink: Sink, status: str, reason: str = "", wait_s: float = QUICK_FINISH_S) -> None:
     """Record a failing or stopped trial's status without masking why it ends (and without waiting long)."""
     with contextlib.suppress(Exception):  # the trial's own error or stop is what Ray must see
-        sink.finish(status, reason, wait_s=QUICK_FINISH_S)
+        sink.finish(status, reason, wait_s=wait_s)
 
 
 def _restore() -> State | None:
