@@ -28,7 +28,7 @@ from trainables.config import KEYS
 from trainables.lottery import State
 from trainables.results import LevelResult
 
-TRIAL_DIR = re.compile(r"trial_([0-9a-f]+(?:_[0-9]+)?)")  # search.tuner.trial_dirname
+TRIAL_DIR = re.compile(r"trial_([A-Za-z0-9_-]+)")  # search.tuner.trial_dirname: trial_<Ray trial id>
 CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
 RESULTS_FILE = "result.json"
 PARAMS_FILE = "params.json"
@@ -85,11 +85,14 @@ def read_experiment(ray_storage: str, sweep: str) -> list[TrialRecord]:
 
 
 def _read_trial(fs: pafs.FileSystem, folder: str, trial_id: str) -> TrialRecord:
-    params = _read_text(fs, f"{folder}/{PARAMS_FILE}")
-    config = {k: v for k, v in json.loads(params).items() if k in KEYS} if params else {}
+    """params.json and result.json are the driver's (a driver killed outright leaves neither for the trials
+    its last snapshot missed); the checkpoints are the trial's own, and carry its config too."""
     rows = [json.loads(line) for line in (_read_text(fs, f"{folder}/{RESULTS_FILE}") or "").splitlines()
             if line.strip()]
-    return TrialRecord(trial_id, config, rows, _newest_state(fs, folder))
+    params = _read_text(fs, f"{folder}/{PARAMS_FILE}")
+    state, config = _newest_state(fs, folder)
+    config = json.loads(params) if params else config
+    return TrialRecord(trial_id, {k: v for k, v in config.items() if k in KEYS}, rows, state)
 
 
 def _read_text(fs: pafs.FileSystem, path: str) -> str | None:
@@ -99,8 +102,9 @@ def _read_text(fs: pafs.FileSystem, path: str) -> str | None:
         return bytes(f.read()).decode()
 
 
-def _newest_state(fs: pafs.FileSystem, folder: str) -> State | None:
-    """The level checkpoint holding the most finished levels (the newest of those), fully loaded.
+def _newest_state(fs: pafs.FileSystem, folder: str) -> tuple[State | None, dict[str, Any]]:
+    """The level checkpoint holding the most finished levels (the newest of those), fully loaded, and the
+    config it was saved with.
 
     A trial restarted from an older checkpoint writes new ones for the levels it trains again, so the
     checkpoint with the highest number is not always the one with the most levels."""
@@ -114,10 +118,10 @@ def _newest_state(fs: pafs.FileSystem, folder: str) -> State | None:
     for _, _, path in sorted(candidates, reverse=True):
         try:
             with _local_copy(fs, path) as local:
-                return checkpoint.load(local)
+                return checkpoint.load(local), checkpoint.read_config(local)
         except checkpoint.CheckpointError:
             continue  # unreadable: the next one back still holds every level before it
-    return None
+    return None, {}
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class SweepOutcome:
     errored: int
     results: Any  # ray.tune.ResultGrid
     record: Reconciliation  # Ray's durable record against MLflow, after the reconciliation
+    endings: dict[str, int]  # trials by final status: FINISHED (every level ran), KILLED (stopped), FAILED
 
 
 def sweep_params(sweep: Sweep) -> dict[str, Any]:
@@ -115,6 +117,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, callbacks: list[tune.Callba
     tracking = prepare(sweep.tracking_uri, sweep.name, sweep.artifact_root, sweep_params(sweep), resume=resume)
     if resume:  # what a killed driver left behind (recovery.py)
         close_orphans(tracking)
+        if reconcile.enabled():  # its trials' finished levels, from their checkpoints, before Optuna is settled:
+            reconcile.reconcile(tracking, sweep.ray_storage, {})  # a trial that ran every level counts as done
         study = _existing_study(sweep)
         if study is not None:
             settle_finished(tracking, study, sweep.metrics)
@@ -126,7 +130,8 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, callbacks: list[tune.Callba
     record = reconcile.reconcile(tracking, sweep.ray_storage, watcher.outcomes) if reconcile.enabled() \
         else Reconciliation()
     _close_parent(tracking, sweep, grid)
-    return SweepOutcome(sweep, tracking, len(grid), len(grid.errors), grid, record)
+    endings = dict(Counter(o.status for o in watcher.outcomes.values()))
+    return SweepOutcome(sweep, tracking, len(grid), len(grid.errors), grid, record, endings)
 
 
 def _existing_study(sweep: Sweep) -> optuna.Study | None:

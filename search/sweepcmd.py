@@ -26,14 +26,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def _finish(console: Console, outcome: SweepOutcome) -> int:
-    """The end of a sweep: the best tickets, the plot, and how to look at everything in MLflow."""
+    """The end of a sweep: what ran and what MLflow holds of it, the best tickets, the plot, the MLflow UI."""
     from search.plot import plot_sweep
-    from search.querycmd import best_command
 
-    s = outcome.sweep
-    console.print(f"[bold]sweep {s.name}[/]: {outcome.trials} trials, {outcome.errored} failed")
-    best_command(argparse.Namespace(tracking_uri=s.tracking_uri, sweep=s.name, max_density=None, dataset=None,
-                                    scorer=None, model=None, top=5, json=False))
+    s, rec, ends = outcome.sweep, outcome.record, outcome.endings
+    console.print(f"[bold]sweep {s.name}[/]: {outcome.trials} trials: {ends.get('FINISHED', 0)} ran every level, "
+                  f"{ends.get('KILLED', 0)} stopped early, {ends.get('FAILED', 0)} failed")
+    written = f" ({rec.written} ticket run(s) logged by the driver from them)" if rec.written else ""
+    console.print(f"levels finished (Ray's level checkpoints): {rec.levels_finished}; recorded in MLflow: "
+                  f"{rec.levels_recorded}{written}")
+    for missing in rec.missing:
+        console.print(f"[red]not recorded[/]: {missing}")
+    _best(s.name, s.tracking_uri, s.target_density if s.objective == "accuracy_at_density" else None)
     png = plot_sweep(s.name, s.tracking_uri)
     if png is not None:
         console.print(f"plot: {png}")
@@ -41,7 +45,24 @@ def _finish(console: Console, outcome: SweepOutcome) -> int:
         console.print(f"MLflow UI: mlflow ui --backend-store-uri {s.tracking_uri}  (then open http://127.0.0.1:5000)")
     else:
         console.print(f"MLflow: {s.tracking_uri}")
-    return 0 if outcome.errored == 0 else 1
+    return 0 if outcome.errored == 0 and not rec.missing else 1
+
+
+def _best(name: str, tracking_uri: str, target: float | None) -> None:
+    """The best tickets at the sweep's target density; if no ticket reached it, say so and show the best
+    at any density (never "no tickets" when there are some)."""
+    from search.query import best_tickets
+    from search.querycmd import best_command
+
+    args = argparse.Namespace(tracking_uri=tracking_uri, sweep=name, max_density=None, dataset=None,
+                              scorer=None, model=None, top=5, json=False)
+    if target is not None and not best_tickets(tracking_uri, sweep=name, top=1):
+        if not best_tickets(tracking_uri, sweep=name, max_density=1.0, top=1):
+            make_console().print(f"No trial of sweep '{name}' finished a level.")
+            return
+        make_console().print(f"No ticket reached the target density {100 * target:.1f}%; the best at any density:")
+        args.max_density = 1.0
+    best_command(args)
 
 
 def sweep_command(args: argparse.Namespace) -> int:

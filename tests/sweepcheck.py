@@ -108,21 +108,24 @@ def study_trials(storage: str, sweep: str) -> list[Any]:
 # -- Auditing MLflow against Ray's own files, as a user would ------------------------------------------------
 
 def ray_trials(ray_storage: str, sweep: str) -> dict[str, dict[str, Any]]:
-    """trial id -> {"rows": Ray's result.json lines, "levels": {level: members}} read straight from the
-    trial folders (a level counts as finished when Ray holds its result row or its level checkpoint)."""
+    """trial id -> {"rows": Ray's result.json lines, "levels": {level: members}, "done": every level ran},
+    read straight from the trial folders (a level counts as finished when Ray holds its result row or its
+    level checkpoint; a driver killed outright leaves no result.json for the trials its snapshot missed)."""
     trials: dict[str, dict[str, Any]] = {}
     for folder in sorted(Path(ray_storage, sweep).glob("trial_*")):
         rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()] \
             if (folder / "result.json").is_file() else []
         levels: dict[int, list[str]] = {}
+        done = False
         for ckpt in sorted(folder.glob("checkpoint_*")):
             state = json.loads((ckpt / "state.json").read_text())
+            done = done or bool(state["done"])
             for result in state["results"]:
                 levels[int(result["level"])] = ["ticket", *result.get("controls", {})]
         for row in rows:
             if row.get("level_done"):
                 levels.setdefault(int(row["level"]), ["ticket"])
-        trials[folder.name.removeprefix("trial_")] = {"rows": rows, "levels": levels}
+        trials[folder.name.removeprefix("trial_")] = {"rows": rows, "levels": levels, "done": done}
     return trials
 
 
@@ -163,10 +166,11 @@ def audit(uri: str, ray_storage: str, sweep: str) -> list[str]:
             continue
         last = seen["rows"][-1] if seen["rows"] else {}
         status, reason = run.info.status, run.data.tags.get(S.TAG_STATUS_REASON, "")
-        if last.get("final") and status != "FINISHED":
+        final = bool(last.get("final")) or seen["done"]
+        if final and status != "FINISHED":
             problems.append(f"trial {trial}: ran every level but its run is {status} ({reason})")
-        if not last.get("final") and (status not in ("KILLED", "FAILED") or not reason):
-            problems.append(f"trial {trial}: stopped at level {last.get('level')} but its run is {status} "
+        if not final and (status not in ("KILLED", "FAILED") or not reason):
+            problems.append(f"trial {trial}: stopped after levels {sorted(seen['levels'])} but its run is {status} "
                             f"with reason {reason!r}")
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "epochs_total")]
         if len(steps) != len(set(steps)):

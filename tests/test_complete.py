@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from sweepcheck import audit, ray_trials, runs_of
 from test_sweep import sweep_doc
+from test_sweep_services import write_sweep
 
-from search import reconcile
+from search import cli, reconcile
 from search import schema as S
 from search.retry import DELAY_ENV
 from search.runner import SweepOutcome, run_sweep
@@ -93,23 +94,32 @@ def test_asha_max_t_collapse_and_the_sweep_end_lose_nothing(tmp_path: Path, monk
     print(f"\nendings {ends}: {levels} finished levels, {outcome.record.written} ticket runs written by the driver")
 
 
-def test_the_time_budget_and_completed_trials_lose_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_time_budget_and_completed_trials_lose_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """Two trials at once (seed 0 draws 200 levels, then 1): the short one completes; the long one (levels of
     a fraction of a second) is cut by the sweep's 40 s time budget after some levels, however fast the
-    machine and however slow its start (trial actors took 3-10 s to start on a loaded 2-core machine)."""
+    machine and however slow its start (trial actors took 3-10 s to start on a loaded 2-core machine).
+    Run through the CLI: its closing summary must say what ran and what MLflow holds."""
     doc = sweep_doc(tmp_path, "budget", base={"train.epochs": 1, "prune.rate": 0.02},
                     search={"sampler": "random", "seed": 0}, scheduler={"name": "none"},
                     budget={"num_samples": 2, "max_concurrent": 2, "time_limit_s": 40})
-    doc["space"] = {"prune.levels": [1, 200]}  # 0.98^200 = 1.8%: never at the 1% target before its last level
+    doc["space"] = {"prune.levels": [1, 200]}  # 0.98^200 = 1.8%: never at the 1% target
     doc["objective"]["target_density"] = 0.01
-    outcome, trials = endings(doc, monkeypatch)
+    monkeypatch.setenv(DELAY_ENV, str(DELAY_S))
+    assert cli.main(["sweep", str(write_sweep(tmp_path / "budget.toml", doc))]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    sweep = sweep_from_dict(doc)
+    trials = ray_trials(sweep.ray_storage, "budget")
     ends = how_they_ended(trials)
     assert len(ends["final"]) == 1 and len(ends["stopped"]) == 1, ends
     cut = next(iter(ends["stopped"]))
     assert len(trials[cut]["levels"]) >= 2, trials[cut]["levels"]  # it had finished levels to lose
-    problems = audit(outcome.sweep.tracking_uri, outcome.sweep.ray_storage, "budget")
+    problems = audit(sweep.tracking_uri, sweep.ray_storage, "budget")
     assert not problems, problems
-    run = next(r for r in runs_of(outcome.sweep.tracking_uri, "budget", S.TRIAL) if r.data.tags[S.TAG_TRIAL] == cut)
+    run = next(r for r in runs_of(sweep.tracking_uri, "budget", S.TRIAL) if r.data.tags[S.TAG_TRIAL] == cut)
     assert run.info.status == "KILLED" and "time budget" in run.data.tags[S.TAG_STATUS_REASON]
-    print(f"\ntime budget: the cut trial finished {len(trials[cut]['levels'])} levels, "
-          f"{outcome.record.written} ticket runs written by the driver")
+    levels = sum(len(seen["levels"]) for seen in trials.values())
+    assert "2 trials: 1 ran every level, 1 stopped early, 0 failed" in out, out
+    assert f"levels finished (Ray's level checkpoints): {levels}; recorded in MLflow: {levels}" in out, out
+    assert "No ticket reached the target density 1.0%; the best at any density:" in out, out  # not "no tickets"
+    print(f"\ntime budget: the cut trial finished {len(trials[cut]['levels'])} levels; summary: {out[:300]}")

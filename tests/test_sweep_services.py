@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray import tune
 from servers import MlflowServer, postgres_database
+from sweepcheck import audit, ray_trials
 from test_sweep import study, sweep_doc, ticket_runs
 
 from search import schema as S
@@ -88,6 +89,10 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     assert len(trials) == 6 and all(t.info.status == "FINISHED" for t in trials)
     finished = [t for t in study(sweep).trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) == 6  # no trial counted twice, none lost
+    assert not audit(sweep.tracking_uri, sweep.ray_storage, "resumable")  # MLflow against Ray's own files
+    summary = " ".join(done.stdout.split())
+    levels = sum(len(seen["levels"]) for seen in ray_trials(sweep.ray_storage, "resumable").values())
+    assert f"levels finished (Ray's level checkpoints): {levels}; recorded in MLflow: {levels}" in summary, summary
 
 
 def test_sweep_against_mlflow_server_on_postgresql(tmp_path: Path) -> None:

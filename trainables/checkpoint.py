@@ -56,7 +56,9 @@ def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save(state: State, folder: str | Path) -> None:
+def save(state: State, folder: str | Path, config: dict[str, Any] | None = None) -> None:
+    """Write `state` into `folder`; `config` (the ticket's flat keys) makes the checkpoint say what it is a
+    checkpoint of, so the sweep's record stays complete where nothing else of a trial was kept."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -64,6 +66,7 @@ def save(state: State, folder: str | Path) -> None:
         "level": state.level, "done": state.done, "start_iter": state.start_iter,
         "epochs_total": state.epochs_total, "early_bird_epoch": state.early_bird_epoch,
         "results": [r.to_json() for r in state.results],
+        **({"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}} if config else {}),
         "tensors": _split({"masks": state.masks, "rewind": state.rewind, "early_bird": state.early_bird,
                            "result_masks": [r.masks for r in state.results]}, "t", tensors),
     }
@@ -76,6 +79,15 @@ def save(state: State, folder: str | Path) -> None:
     for old in folder.glob("state-*.safetensors"):  # older checkpoints are superseded now
         if old.name != name:
             old.unlink(missing_ok=True)
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The flat ticket keys a checkpoint was saved with ({} when it was saved without them)."""
+    try:
+        config = json.loads((Path(folder) / "state.json").read_text()).get("config") or {}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {folder}: cannot read its config ({type(e).__name__}: {e})") from None
+    return config if isinstance(config, dict) else {}
 
 
 def load(folder: str | Path) -> State:

@@ -110,7 +110,7 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str 
             metrics = {**level_metrics(result, lottery.state), "tracking_s": sink.seconds if sink else 0.0}
             if "iterations_total" in last_row:  # the step of the level's last evaluation, as the sink logged it
                 metrics["iterations_total"] = last_row["iterations_total"]
-            _report_with_checkpoint(metrics, lottery.state, scratch)
+            _report_with_checkpoint(metrics, lottery.state, scratch, ticket.flat())
     except Diverged as e:  # deterministic: a retry would diverge again, so the trial ends here, failed
         assert lottery is not None
         tune.report(failed_metrics("diverged", f"diverged: {e}", lottery.state))
@@ -141,11 +141,11 @@ def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str 
         sink.finish("FINISHED")
 
 
-def _report_with_checkpoint(metrics: dict[str, Any], state: State, scratch: str) -> None:
+def _report_with_checkpoint(metrics: dict[str, Any], state: State, scratch: str, config: dict[str, Any]) -> None:
     """Write the level checkpoint under `scratch` (atomically, see checkpoint.save) and hand it to Ray."""
     try:
         with tempfile.TemporaryDirectory(prefix="ticket-ckpt-", dir=scratch or None) as folder:
-            checkpoint.save(state, folder)
+            checkpoint.save(state, folder, config)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     except OSError as e:
         raise CheckpointWriteError(f"level {metrics['level']} checkpoint not written under "
