@@ -69,9 +69,10 @@ def test_defaults_resolve_under_an_absolute_runs_folder(tmp_path: Path) -> None:
     assert s.base.data.root == str(tmp_path / "data")
     assert (s.objective, s.sampler, s.scheduler, s.num_samples, s.max_concurrent) == (
         "accuracy_at_density", "tpe", "asha", 16, 2)
-    # the target goes into the ticket and IMP runs until it is reached (levels = the config's maximum)
-    assert (s.base.prune.target_density, s.base.prune.levels) == (0.2, 1000)
-    assert s.max_t == 1001 * s.base.train.epochs
+    # the target goes into the ticket; levels stay unset, so each trial derives them from its own rate
+    assert (s.base.prune.target_density, s.base.prune.levels) == (0.2, None)
+    # max_t covers them whatever the model: the output layer at half of rate 0.2 needs 16 (0.9^16 = 0.185)
+    assert s.max_t == (16 + 1) * s.base.train.epochs
     assert (s.metrics, s.modes) == (["val_score"], ["max"])
 
 
