@@ -121,7 +121,7 @@ def test_smoke_caps_budget_epochs_levels_and_data() -> None:
     assert s.base.prune.target_density is None and s.target_density == 0.2  # the cap ends each trial
     d = s.base.data
     assert (d.name, d.input_shape, d.num_classes, d.size) == ("synthetic", "3x32x32", 10, 512)
-    assert (s.gpu, s.ray_address) == (0.25, "auto")  # where it runs is not the smoke flag's business
+    assert (s.gpu, s.ray_address) == (0.25, "auto")  # fitted to the cluster once it is known (search/capacity.py)
 
 
 def test_smoke_clips_dims_over_capped_keys() -> None:
