@@ -320,17 +320,18 @@ def _check_levels_reach(base: Ticket, dims: tuple[Dim, ...]) -> None:
     targets = values(dims, base, "prune.target_density")
     if p.levels is None or not targets or any(d.key == "prune.levels" for d in dims):
         return
-    lowest = dataclasses.replace(p, method="imp", rate=lower(dims, base, "prune.rate"), target_density=min(targets))
+    target, rate = min(targets), lower(dims, base, "prune.rate")
+    lowest = dataclasses.replace(p, method="imp", rate=rate, target_density=target)
     try:
-        schedule.require_reach(lowest, schedule.levels_to_reach(lowest.target_density or 1.0, lowest.rate))
+        schedule.require_reach(lowest, schedule.levels_to_reach(target, rate))
     except ConfigError as e:
         raise ConfigError(f"[base] {e}") from e
 
 
 def _derived_max_t(base: Ticket, dims: tuple[Dim, ...]) -> float:
     """ASHA's max_t in cumulative epochs: every level (dense level 0 included) at the most epochs. Unset
-    levels follow each trial's rate: they count as many as the lowest rate and target any trial may have
-    need, with the output layer at the lowest output rate (schedule.levels_bound: whatever the model)."""
+    levels follow each trial's rate, so they count as many as the lowest rate, target and output rate of
+    any trial need whatever the model (schedule.levels_bound); ASHA stops a trial that reaches max_t."""
     levels = values(dims, base, "prune.levels")  # given ones: the base's and a searched range
     if base.prune.levels is None:
         targets = values(dims, base, "prune.target_density")
