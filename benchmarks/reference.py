@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainables.config import Ticket
+from trainables.config import LEVELS_WITHOUT_TARGET, Ticket
 from trainables.data import Dataset, Split
 from trainables.data import load as load_data
 from trainables.models import build as build_model
@@ -142,7 +142,7 @@ def run_imp(ticket: Ticket, device: str = "cpu") -> list[Level]:
     output = f"{model.output_name}.weight"
     mask = {n: torch.ones_like(w, dtype=torch.bool) for n, w in prunable_weights(model).items()}
     levels = []
-    for level in range(p.levels + 1):
+    for level in range((LEVELS_WITHOUT_TARGET if p.levels is None else p.levels) + 1):  # no target here
         model.load_state_dict(init)  # rewind to initialisation
         val, test = train(model, mask, data, ticket, seed=level, device=dev)
         control = None

@@ -17,10 +17,19 @@ from trainables.lottery import Lottery, State
 from trainables.results import LevelResult, write_results
 
 
-def planned_epochs(t: Ticket) -> float:
-    """Epochs the search will train at most (for the progress bar)."""
-    levels = 1 if t.prune.method == "init" else t.prune.levels + 1
-    return float(levels * t.train.epochs)
+def planned_epochs(t: Ticket, levels: int) -> float:
+    """Epochs the search will train at most (for the progress bar); `levels` = its last level."""
+    trained = 1 if t.prune.method == "init" else levels + 1
+    return float(trained * t.train.epochs)
+
+
+def early_bird_line(epoch: int, drawn: bool) -> str:
+    """What the Early-Bird detector saw. It also watches IMP's dense level 0 when `prune.early_bird` is
+    off, as information; only when it is on did the ticket come from there."""
+    if drawn:
+        return f"Early-Bird ticket drawn at epoch {epoch} (dense training stopped there)"
+    return (f"mask distance settled at epoch {epoch} (Early-Bird would have drawn the ticket there; "
+            "prune.early_bird is off)")
 
 
 def level_table(results: list[LevelResult]) -> Table:
@@ -63,19 +72,25 @@ def run_command(args: argparse.Namespace) -> int:
         if out is None or not (out / "checkpoint" / "state.json").is_file():
             raise ConfigError("--resume: needs --out pointing at a folder with a checkpoint/ from an earlier run")
         state = checkpoint.load(out / "checkpoint")
+    lottery = Lottery(ticket, state=state)
+    lottery.require_target_reached()  # prune.levels and prune.target_density both given: they must agree
+    p = ticket.prune
+    console.print(f"ticket {ticket.id}: {ticket.data.name} / {ticket.model.name} / {p.method} "
+                  f"/ {p.scorer} on {lottery.device}")
+    if p.levels is None and lottery.levels_needed is not None:
+        console.print(f"prune.levels: {lottery.levels} levels at prune.rate {p.rate:g} reach prune.target_density "
+                      f"{p.target_density:g}")
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         TextColumn("{task.completed:.1f}/{task.total:.0f} epochs"), TimeElapsedColumn(),
                         console=console, disable=args.quiet, transient=True)
     with progress:
-        bar = progress.add_task("level 0", total=planned_epochs(ticket))
+        bar = progress.add_task("level 0", total=planned_epochs(ticket, lottery.levels))
 
         def on_epoch(row: dict[str, Any]) -> None:
             progress.update(bar, completed=row["epochs_total"],
                             description=f"level {row['level']}  val acc {100 * row['val_acc']:.1f}%")
 
-        lottery = Lottery(ticket, state=state, on_epoch=on_epoch)
-        console.print(f"ticket {ticket.id}: {ticket.data.name} / {ticket.model.name} / {ticket.prune.method} "
-                      f"/ {ticket.prune.scorer} on {lottery.device}")
+        lottery.on_epoch = on_epoch
         for result in lottery.run():
             progress.console.print(f"level {result.level}: density {100 * result.density:.2f}%  "
                                    f"val acc {100 * result.val_acc:.2f}%  test acc {100 * result.test_acc:.2f}%")
@@ -84,7 +99,7 @@ def run_command(args: argparse.Namespace) -> int:
                 checkpoint.save(lottery.state, out / "checkpoint")
     console.print(level_table(lottery.state.results))
     if lottery.state.early_bird_epoch is not None:
-        console.print(f"Early-Bird ticket appeared at epoch {lottery.state.early_bird_epoch}")
+        console.print(early_bird_line(lottery.state.early_bird_epoch, p.early_bird))
     if out is not None:
         console.print(f"results: {out / 'results.json'}  masks: {out / 'masks'}")
     return 0

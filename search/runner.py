@@ -21,7 +21,7 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search import reconcile
+from search import capacity, reconcile
 from search import schema as S
 from search.callbacks import TrackingCallback
 from search.reconcile import Reconciliation
@@ -114,6 +114,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, callbacks: list[tune.Callba
     if resume and not tune.Tuner.can_restore(str(experiment)):
         raise ConfigError(f"resume: nothing to resume at {experiment}")
     init_ray(sweep)
+    sweep = capacity.fit(sweep)  # the cluster is known: a trial that no node can hold fails now, not never starts
     tracking = prepare(sweep.tracking_uri, sweep.name, sweep.artifact_root, sweep_params(sweep), resume=resume)
     if resume:  # what a killed driver left behind (recovery.py)
         close_orphans(tracking)

@@ -107,13 +107,26 @@ def _bound(value: float | None) -> float:
     return value
 
 
-def upper(dims: tuple[Dim, ...], base: Ticket, key: str) -> float:
-    """The largest value `key` can take in any trial (base value or any dim's high or choice)."""
-    values = [float(base.flat()[key])]
+def values(dims: tuple[Dim, ...], base: Ticket, key: str) -> list[float]:
+    """The values `key` can take in any trial, as far as bounds go: the base value (unless unset) and each
+    dim's low and high, or its choices."""
+    value = base.flat()[key]
+    out = [] if value is None else [float(value)]
     for dim in dims:
         if dim.key == key:
-            values += [float(c) for c in dim.choices] if dim.kind == "categorical" else [_bound(dim.high)]
-    return max(values)
+            out += ([float(c) for c in dim.choices if c is not None] if dim.kind == "categorical"
+                    else [_bound(dim.low), _bound(dim.high)])
+    return out
+
+
+def upper(dims: tuple[Dim, ...], base: Ticket, key: str) -> float:
+    """The largest value `key` can take in any trial (base value or any dim's high or choice)."""
+    return max(values(dims, base, key))
+
+
+def lower(dims: tuple[Dim, ...], base: Ticket, key: str) -> float:
+    """The smallest value `key` can take in any trial (base value or any dim's low or choice)."""
+    return min(values(dims, base, key))
 
 
 # ---- Optuna ------------------------------------------------------------------------------------------

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from search.overrides import parse_sets, read_toml
-from search.space import Dim, clip_space, upper
+from search.space import Dim, clip_space, lower, upper, values
 from search.spacefile import finite, parse_space
 from search.sweepstore import SCHEME, absolute, dump_toml, resolve_storage
-from trainables.config import KEYS, ConfigError, Ticket, from_nested
+from trainables import schedule
+from trainables.config import KEYS, LEVELS_WITHOUT_TARGET, MAX_LEVELS, ConfigError, Ticket, from_nested
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "SCHEDULERS", "Dim", "Sweep", "dump_toml", "load_sweep",
            "sweep_from_dict"]
@@ -37,7 +38,6 @@ OBJECTIVES = ("accuracy_at_density", "pareto")
 SAMPLERS = ("tpe", "random", "gp", "nsga2")
 SCHEDULERS = ("asha", "none")
 PARETO_SAMPLERS = ("tpe", "nsga2", "random")  # GP is single-objective here; NSGA-II only for pareto
-IMP_LEVELS_UNTIL_TARGET = 1000  # the config's maximum: IMP stops at the target density, not the cap
 SMOKE_CAPS = {"train.epochs": 2, "prune.levels": 2, "prune.iterations": 10,
               "prune.rewind_iter": 4}  # a rewind point must stay inside 2 epochs of small data
 SMOKE_DATA = {"mnist": ("1x28x28", 10), "fashion_mnist": ("1x28x28", 10), "cifar10": ("3x32x32", 10),
@@ -153,8 +153,10 @@ def _build(doc: Any, sets: dict[str, str], smoke: bool, cwd: Path) -> Sweep:
         raise ConfigError('[space] "prune.target_density": accuracy_at_density fixes it to [objective] '
                           "target_density; search it with objective pareto")
     f["smoke"] = f["smoke"] or smoke
-    if f["smoke"]:
+    if f["smoke"]:  # its level cap ends each trial short of the target on purpose
         base, dims = _smoke(base, dims, f)
+    else:
+        _check_levels_reach(base, dims)
     f["max_t"] = f["max_t"] or _derived_max_t(base, dims)
     if f["scheduler"] == "asha" and f["grace_period"] > f["max_t"]:
         raise ConfigError(f"[scheduler] grace_period {f['grace_period']} exceeds max_t {f['max_t']:g}")
@@ -275,9 +277,8 @@ def _base(flat: dict[str, Any], f: dict[str, Any], cwd: Path) -> Ticket:
     f["target_density"] = td = base.prune.target_density
     if td is None and f["objective"] == "accuracy_at_density":
         raise ConfigError("[objective] target_density: accuracy_at_density needs a density in (0, 1]")
+    # prune.levels left unset stays unset: each trial derives its levels from its own rate and target
     updates: dict[str, Any] = {"data.root": absolute(base.data.root, cwd, "[base] data.root")}
-    if f["objective"] == "accuracy_at_density" and "prune.levels" not in flat:
-        updates["prune.levels"] = IMP_LEVELS_UNTIL_TARGET
     if base.prune.init_mask and not SCHEME.match(base.prune.init_mask):
         updates["prune.init_mask"] = absolute(base.prune.init_mask, cwd, "[base] prune.init_mask")
     return _ticket({**base.flat(), **updates})
@@ -297,7 +298,8 @@ def _ticket(flat: dict[str, Any]) -> Ticket:
 def _smoke(base: Ticket, dims: tuple[Dim, ...], f: dict[str, Any]) -> tuple[Ticket, tuple[Dim, ...]]:
     """Shrink to a one-minute run: few short trials on small data; the level cap ends each trial."""
     dims, fixed = clip_space(dims, SMOKE_CAPS)
-    updates: dict[str, Any] = {k: min(base.flat()[k], cap) for k, cap in SMOKE_CAPS.items()}
+    updates: dict[str, Any] = {k: cap if base.flat()[k] is None else min(base.flat()[k], cap)
+                               for k, cap in SMOKE_CAPS.items()}
     may_init = base.prune.method == "init" or any(
         d.key == "prune.method" and "init" in d.choices for d in dims)
     if not may_init:  # init needs its target; IMP without one stops at the level cap
@@ -311,6 +313,29 @@ def _smoke(base: Ticket, dims: tuple[Dim, ...], f: dict[str, Any]) -> tuple[Tick
     return _ticket({**base.flat(), **updates, **fixed}), dims
 
 
+def _check_levels_reach(base: Ticket, dims: tuple[Dim, ...]) -> None:
+    """`prune.levels` fixed in [base] must reach the target at the lowest rate any trial samples. The
+    pool's arithmetic alone is a floor for every model (the output layer can only need more levels)."""
+    p = base.prune
+    targets = values(dims, base, "prune.target_density")
+    if p.levels is None or not targets or any(d.key == "prune.levels" for d in dims):
+        return
+    target, rate = min(targets), lower(dims, base, "prune.rate")
+    lowest = dataclasses.replace(p, method="imp", rate=rate, target_density=target)
+    try:
+        schedule.require_reach(lowest, schedule.levels_to_reach(target, rate))
+    except ConfigError as e:
+        raise ConfigError(f"[base] {e}") from e
+
+
 def _derived_max_t(base: Ticket, dims: tuple[Dim, ...]) -> float:
-    """ASHA's max_t in cumulative epochs: every level (dense level 0 included) at the most epochs."""
-    return (upper(dims, base, "prune.levels") + 1) * upper(dims, base, "train.epochs")
+    """ASHA's max_t in cumulative epochs: every level (dense level 0 included) at the most epochs. Unset
+    levels follow each trial's rate, so they count as many as the lowest rate, target and output rate of
+    any trial need whatever the model (schedule.levels_bound); ASHA stops a trial that reaches max_t."""
+    levels = values(dims, base, "prune.levels")  # given ones: the base's and a searched range
+    if base.prune.levels is None:
+        targets = values(dims, base, "prune.target_density")
+        bound = schedule.levels_bound(min(targets), lower(dims, base, "prune.rate"),
+                                      lower(dims, base, "prune.output_rate")) if targets else LEVELS_WITHOUT_TARGET
+        levels.append(MAX_LEVELS if bound is None else bound)
+    return (max(levels) + 1) * upper(dims, base, "train.epochs")

@@ -78,8 +78,7 @@ def searcher(sweep: Sweep) -> TicketOptunaSearch:
 def scheduler(sweep: Sweep) -> TrialScheduler:
     if sweep.scheduler == "none":
         return FIFOScheduler()
-    base = sweep.base
-    max_t = math.ceil(sweep.max_t or (base.prune.levels + 1) * base.train.epochs)
+    max_t = math.ceil(sweep.max_t)  # never 0: search/sweepfile.py derives it from the levels and epochs
     return ASHAScheduler(time_attr="epochs_total", metric="val_score", mode="max", max_t=max_t,
                          grace_period=min(sweep.grace_period, max_t), reduction_factor=sweep.reduction_factor)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,51 @@ def test_python_dash_m_search_is_the_cli() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: prune.scorer: unknown value 'l2'; valid choices: magnitude")
+
+
+def test_run_derives_the_levels_that_reach_the_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["run", "--set", "prune.target_density=0.1", "train.epochs=1", "train.device=cpu",
+                     "--out", str(out), "--quiet"]) == 0
+    levels = json.loads((out / "results.json").read_text())["levels"]
+    # LeNet-300-100 on digits: 0.8^11 = 0.086 of the hidden weights, 0.9^11 of the output layer's 2%
+    assert [lv["level"] for lv in levels] == list(range(12))
+    assert levels[-1]["density"] <= 0.1 < levels[-2]["density"]
+    assert "prune.levels: 11 levels at prune.rate 0.2 reach prune.target_density 0.1" in capsys.readouterr().out
+
+
+def test_levels_short_of_the_target_exit_2_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from trainables import lottery
+
+    def no_training(*a: object, **k: object) -> None:
+        raise AssertionError("trained although prune.levels cannot reach prune.target_density")
+
+    monkeypatch.setattr(lottery, "train_members", no_training)
+    out = tmp_path / "out"
+    assert cli.main(["run", "--set", "prune.target_density=0.1", "prune.levels=5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: prune.levels: 5 levels at prune.rate 0.2 end at density 0.333, above "
+                          "prune.target_density 0.1; 11 levels would reach it") and "\n" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("on", "line"), [
+    (True, r"Early-Bird ticket drawn at epoch (\d+) \(dense training stopped there\)"),
+    (False, r"mask distance settled at epoch (\d+) \(Early-Bird would have drawn the ticket there; "
+            r"prune\.early_bird is off\)"),
+])
+def test_run_says_whether_early_bird_drew_the_ticket(on: bool, line: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # epsilon 1: any two masks are close, so the distance settles at the second epoch's start
+    sets = [*TINY, "train.epochs=3", "prune.levels=0", "prune.eb_window=2", "prune.eb_epsilon=1",
+            f"prune.early_bird={str(on).lower()}"]
+    out = tmp_path / "out"
+    assert cli.main(["run", "--set", *sets, "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    found = re.search(line, printed)
+    assert found is not None, printed
+    doc = json.loads((out / "results.json").read_text())
+    assert int(found.group(1)) == doc["early_bird_epoch"]
+    assert ("Early-Bird ticket" in printed) is on
+    assert (doc["levels"][0]["epochs"] < 3) is on  # only a drawn ticket stops dense training

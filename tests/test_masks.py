@@ -11,7 +11,7 @@ import torch
 from safetensors.numpy import save_file
 from torch import nn
 
-from trainables import maskio, masks
+from trainables import maskio, masks, schedule
 from trainables.config import ConfigError
 
 
@@ -43,7 +43,7 @@ def test_density_after_each_imp_level_is_exact(scope):
     mask, out = masks.ones(model), masks.output_param(model)
     pool = [n for n in mask if n != out]
     for level in range(1, 7):
-        d, d_out = masks.level_densities(rate, output_rate, level)
+        d, d_out = schedule.level_densities(rate, output_rate, level)
         scores = random_scores(mask, level)
         # Adversarial scores: pruned weights score highest, yet must never come back.
         scores = {n: torch.where(mask[n], s, 10.0) for n, s in scores.items()}

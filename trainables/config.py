@@ -39,6 +39,8 @@ METHODS = ("imp", "init")
 SCORERS = ("magnitude", "random", "snip", "grasp", "synflow")
 SCOPES = ("global", "layer")
 CONTROLS = ("reinit", "shuffle", "random")
+MAX_LEVELS = 1000  # the most IMP levels a search may ask for
+LEVELS_WITHOUT_TARGET = 5  # prune.levels unset and no prune.target_density: the classic five levels
 
 
 class ConfigError(ValueError):
@@ -97,7 +99,11 @@ class PruneConfig:
     scope: str = _help(f"rank weights across all layers or per layer: {', '.join(SCOPES)}",
                        default="global")
     rate: float = _help("fraction of the remaining weights removed per IMP level", default=0.2)
-    levels: int = _help("number of IMP pruning levels after the dense level 0", default=5)
+    # None = not given: as many levels as prune.target_density needs at prune.rate (trainables/schedule.py),
+    # so they follow a sampled rate; without a target, LEVELS_WITHOUT_TARGET.
+    levels: int | None = _help("number of IMP pruning levels after the dense level 0; unset: as many as "
+                               f"prune.target_density needs ({LEVELS_WITHOUT_TARGET} without a target)",
+                               default=None)
     target_density: float | None = _help(
         "density to reach: IMP stops at the first level at or below it; init prunes straight to it",
         default=None)
@@ -179,8 +185,13 @@ class Ticket:
     def id(self) -> str:
         """Short hash of the non-default values: adding a keyed option with a default keeps old ids.
 
-        Where data lives and which device trains it do not change the ticket, so they are left out."""
-        changed = {k: _jsonable(v) for k, v in self.flat().items() if v != DEFAULTS[k] and k not in NOT_IN_ID}
+        Where data lives and which device trains it do not change the ticket, so they are left out.
+        `prune.levels` unset means its old default, five, unless IMP derives it from a target (a search of its
+        own), so tickets from before it could be unset keep their ids."""
+        flat = self.flat()
+        if self.prune.levels is None and (self.prune.target_density is None or self.prune.method != "imp"):
+            flat["prune.levels"] = LEVELS_WITHOUT_TARGET
+        changed = {k: _jsonable(v) for k, v in flat.items() if v != _ID_DEFAULTS[k] and k not in NOT_IN_ID}
         blob = json.dumps(changed, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -201,6 +212,7 @@ def _field_types() -> dict[str, Any]:
 _TYPES = _field_types()
 KEYS: list[str] = list(_TYPES)
 DEFAULTS: dict[str, Any] = Ticket().flat()
+_ID_DEFAULTS = {**DEFAULTS, "prune.levels": LEVELS_WITHOUT_TARGET}
 HELP: dict[str, str] = {f"{s}.{f.name}": f.metadata["help"]
                         for s, c in SECTIONS.items() for f in dataclasses.fields(c)}
 
@@ -314,7 +326,8 @@ def validate(t: Ticket) -> None:
     _choice("prune.scorer", p.scorer, SCORERS)
     _choice("prune.scope", p.scope, SCOPES)
     _range("prune.rate", p.rate, 0.0, 1.0, lo_open=True, hi_open=True)
-    _range("prune.levels", p.levels, 0, 1000)
+    if p.levels is not None:
+        _range("prune.levels", p.levels, 0, MAX_LEVELS)
     if p.target_density is not None:
         _range("prune.target_density", p.target_density, 0.0, 1.0, lo_open=True)
     elif p.method == "init":

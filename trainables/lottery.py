@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from trainables import masks as mk
-from trainables import scorers
+from trainables import schedule, scorers
 from trainables.config import ConfigError, Ticket
 from trainables.controls import build_members
 from trainables.earlybird import EarlyBird
@@ -83,6 +83,24 @@ class Lottery:
                               f"{self.total} iterations of training ({ticket.train.epochs} epochs)")
         self.state = state or State()
         self.on_epoch = on_epoch
+        self._shares = self._kept_shares()
+        self.levels_needed = schedule.levels_needed(ticket.prune, *self._shares)  # raises if out of reach
+        self.levels = schedule.planned_levels(ticket.prune, self.levels_needed)  # the last level it trains
+
+    def _kept_shares(self) -> tuple[float, float]:
+        """`schedule`'s (pool, output) shares of the level-0 mask; a model is built for them only when a
+        target density needs counting (the output layer's share, a transferred mask's densities)."""
+        p = self.ticket.prune
+        if p.method != "imp" or p.target_density is None:
+            return 1.0, 0.0
+        with torch.random.fork_rng(devices=[]):  # shapes only: leave the seeded streams alone
+            model = build_model(self.ticket, self.task.input_shape, self.task.num_outputs)
+        return mk.kept_shares(self._first_mask(model, 0), mk.output_param(model))
+
+    def require_target_reached(self) -> None:
+        """Refuse a `prune.levels` that stops short of `prune.target_density` (the `run` command asks, before
+        training; library callers and a sweep's smoke cap may stop short on purpose)."""
+        schedule.require_reach(self.ticket.prune, self.levels_needed, *self._shares)
 
     # -- models and seeds --------------------------------------------------------------------------
     def new_model(self, seed: int) -> nn.Module:
@@ -194,8 +212,11 @@ class Lottery:
     def _after_level(self, result: LevelResult) -> None:
         """Decide whether to stop; else prune every replicate's trained ticket for the next level."""
         p = self.ticket.prune
-        target_reached = p.target_density is not None and result.density <= p.target_density + 1e-12
-        if p.method == "init" or result.level >= p.levels or target_reached:
+        target_reached = p.target_density is not None and result.density <= p.target_density + schedule.TOLERANCE
+        # Derived levels get one more: exact weight counts round, and can leave the planned last level a
+        # fraction of a weight above the target. The target test ends the search first.
+        last = self.levels + (p.levels is None and p.target_density is not None)
+        if p.method == "init" or result.level >= last or target_reached:
             self.state.done = True
             return
         nxt = result.level + 1
@@ -263,7 +284,7 @@ def _output_density_for(density: float, rate: float, output_rate: float) -> floa
 def _imp_prune(scores: dict[str, torch.Tensor], mask: mk.Mask, base: mk.Mask, level: int, rate: float,
                output_rate: float, scope: str, output: str | None) -> mk.Mask:
     """Mask of IMP level `level`: density base * (1-rate)^level, exact counts, output at its own rate."""
-    pool_d, out_d = mk.level_densities(rate, output_rate, level)
+    pool_d, out_d = schedule.level_densities(rate, output_rate, level)
     out_base = mk.density({output: base[output]}) if output in base else 1.0
     if scope == "global":
         pool = {n: b for n, b in base.items() if n != output}

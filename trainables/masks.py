@@ -88,6 +88,16 @@ def layer_density(mask: Mask) -> dict[str, float]:
     return {n: int(m.sum()) / m.numel() if m.numel() else 1.0 for n, m in mask.items()}
 
 
+def kept_shares(mask: Mask, output: str | None) -> tuple[float, float]:
+    """(kept entries outside layer `output`, kept entries in it), each as a fraction of all entries: the
+    `pool` and `output` of the IMP arithmetic in trainables/schedule.py."""
+    total = sum(m.numel() for m in mask.values())
+    if not total:
+        return 1.0, 0.0
+    kept_out = int(mask[output].sum()) if output in mask else 0
+    return (sum(int(m.sum()) for m in mask.values()) - kept_out) / total, kept_out / total
+
+
 def collapsed(mask: Mask) -> list[str]:
     """Layers with no weight left: the network can no longer pass signal through them."""
     return [n for n, m in mask.items() if m.numel() and not bool(m.any())]
@@ -101,11 +111,6 @@ def apply_(model: nn.Module, mask: Mask) -> None:
         if name not in params:
             raise ValueError(f"mask names '{name}', which the model does not have")
         params[name].masked_fill_(~m.to(params[name].device), 0)
-
-
-def level_densities(rate: float, output_rate: float, level: int) -> tuple[float, float]:
-    """(density of the other layers, density of the output layer) after `level` IMP levels."""
-    return (1 - rate) ** level, (1 - rate * output_rate) ** level
 
 
 def _keep_top(scores: torch.Tensor, alive: torch.Tensor, fraction: float) -> torch.Tensor:
