@@ -102,7 +102,7 @@ class TrackingCallback(tune.Callback):
         if trial.status == "TERMINATED":
             return Outcome("KILLED", f"stopped when the sweep ended, at epoch {last.get('epochs_total', 0):.1f}")
         return Outcome("KILLED", f"interrupted ({trial.status.lower()}) when the sweep stopped; "
-                                 f"`ticket-search resume {self.tracking.sweep}` continues it")
+                                 f"`ticket-search resume {self.tracking.sweep}` continues it", resumable=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}

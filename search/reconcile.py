@@ -52,6 +52,7 @@ class Outcome:
 
     status: str  # FINISHED | KILLED | FAILED
     reason: str = ""
+    resumable: bool = False  # interrupted: `resume` continues it, so nothing is final about it yet
 
 
 @dataclass

@@ -27,8 +27,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from search import schema as S
+from search.reconcile import Outcome
 from search.retry import call_with_retry, retry_budget_s
-from search.searcher import TRIAL_ATTR
+from search.searcher import FAIL_REASON, TRIAL_ATTR
 from search.tracking import Tracking, find_trial_run
 
 PAGE = 1000  # MLflow's largest search page
@@ -98,6 +99,23 @@ def settle_finished(tracking: Tracking, study: optuna.Study, metrics: list[str])
         settled += 1
     if settled:
         log.warning("resume: %d Optuna trial(s) finished in MLflow before the driver died, told COMPLETE", settled)
+    return settled
+
+
+def settle_stopped(study: optuna.Study, outcomes: dict[str, Outcome]) -> int:
+    """At a sweep's end, tell Optuna about trials Tune ended without telling the searcher (the sweep's time
+    budget stops them all at once): PRUNED if stopped, FAIL with the reason if failed. Interrupted trials
+    stay RUNNING for `resume`; finished ones are `settle_finished`'s (their values are in MLflow)."""
+    settled = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        outcome = outcomes.get(trial.user_attrs.get(TRIAL_ATTR, ""))
+        if outcome is None or outcome.resumable or outcome.status == "FINISHED":
+            continue
+        if outcome.status == "FAILED":
+            trial_id = trial._trial_id  # noqa: SLF001 - the Study API cannot set attrs of a trial it did not ask
+            study._storage.set_trial_user_attr(trial_id, FAIL_REASON, outcome.reason[:1000])  # noqa: SLF001
+        study.tell(trial.number, state=TrialState.PRUNED if outcome.status == "KILLED" else TrialState.FAIL)
+        settled += 1
     return settled
 
 

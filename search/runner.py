@@ -25,7 +25,7 @@ from search import capacity, reconcile
 from search import schema as S
 from search.callbacks import TrackingCallback
 from search.reconcile import Reconciliation
-from search.recovery import close_orphans, settle_finished
+from search.recovery import close_orphans, settle_finished, settle_stopped
 from search.retry import call_with_retry, quick_http, retry_budget_s
 from search.sweepfile import SWEEP_NAME, Sweep, sweep_from_dict
 from search.tracking import Tracking, ensure_local_store, prepare
@@ -130,6 +130,10 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, callbacks: list[tune.Callba
     grid = tuner.fit()
     record = reconcile.reconcile(tracking, sweep.ray_storage, watcher.outcomes) if reconcile.enabled() \
         else Reconciliation()
+    study = _existing_study(sweep)
+    if study is not None:  # trials Tune ended without telling Optuna (the time budget) are settled too
+        settle_finished(tracking, study, sweep.metrics)
+        settle_stopped(study, watcher.outcomes)
     _close_parent(tracking, sweep, grid)
     endings = dict(Counter(o.status for o in watcher.outcomes.values()))
     return SweepOutcome(sweep, tracking, len(grid), len(grid.errors), grid, record, endings)

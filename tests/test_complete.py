@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sweepcheck import audit, ray_trials, runs_of
+from sweepcheck import audit, ray_trials, runs_of, study_trials
 from test_sweep import sweep_doc
 from test_sweep_services import write_sweep
 
@@ -25,6 +25,7 @@ from search import cli, reconcile
 from search import schema as S
 from search.retry import DELAY_ENV
 from search.runner import SweepOutcome, run_sweep
+from search.searcher import TRIAL_ATTR
 from search.sweepfile import sweep_from_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
@@ -124,4 +125,6 @@ def test_the_time_budget_and_completed_trials_lose_nothing(tmp_path: Path, monke
     assert "2 trials: 1 ran every level, 1 stopped early, 0 failed" in out, out
     assert f"levels finished (Ray's level checkpoints): {levels}; recorded in MLflow: {levels}" in out, out
     assert "No ticket reached the target density 1.0%; the best at any density:" in out, out  # not "no tickets"
+    states = {t.user_attrs[TRIAL_ATTR]: t.state.name for t in study_trials(sweep.optuna_storage, "budget")}
+    assert states[cut] == "PRUNED" and "RUNNING" not in states.values(), states  # Ray never told Optuna
     print(f"\ntime budget: the cut trial finished {len(trials[cut]['levels'])} levels; summary: {out[:300]}")
