@@ -24,7 +24,7 @@ test-fast: $(STAMP)
 # The science tests (learning and scoring outcomes over seeds, DESIGN.md section 9) alone, under whatever
 # ATEN_CPU_CAPABILITY / TICKET_SEARCH_TEST_THREADS the environment sets.
 test-science: $(STAMP)
-	$(BIN)/python -m pytest -q -m science
+	$(BIN)/python -m pytest -q -rA -m science
 
 # The science tests under every CPU kernel set PyTorch can pick (avx512 only where this CPU has it) and with
 # 1 and 2 torch threads: what another machine would compute. About 4 minutes a run, six runs.
@@ -39,7 +39,7 @@ test-kernels: $(STAMP)
 	    esac; \
 	    for threads in 1 2; do \
 	        echo "== ATEN_CPU_CAPABILITY=$$cap TICKET_SEARCH_TEST_THREADS=$$threads"; \
-	        ATEN_CPU_CAPABILITY=$$cap TICKET_SEARCH_TEST_THREADS=$$threads $(BIN)/python -m pytest -q -m science \
+	        ATEN_CPU_CAPABILITY=$$cap TICKET_SEARCH_TEST_THREADS=$$threads $(BIN)/python -m pytest -q -rA -m science \
 	            || failed="$$failed $$cap/$$threads"; \
 	    done; \
 	done; \

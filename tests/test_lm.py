@@ -217,6 +217,9 @@ def test_lstm_ticket_at_a_third_of_its_weights_matches_dense_perplexity() -> Non
     assert len(dense_ppl) == len(ticket_ppl) == 3
     assert ticket_.density == pytest.approx(0.315, abs=0.01)
     ratios = [t / d for t, d in zip(ticket_ppl, dense_ppl, strict=True)]
+    print("LSTM validation perplexity per replicate, dense/ticket:",
+          " ".join(f"{d:.2f}/{t:.2f}" for d, t in zip(dense_ppl, ticket_ppl, strict=True)),
+          "ratios", " ".join(f"{r:.3f}" for r in ratios))
     assert max(ratios) <= 1.0, (dense_ppl, ticket_ppl)
     assert sum(ratios) / len(ratios) <= 0.98, (dense_ppl, ticket_ppl)
     assert max(dense_ppl) < 12  # models that learned: the unigram perplexity of this text is about 25

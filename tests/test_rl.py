@@ -173,6 +173,7 @@ def test_cartpole_ticket_at_a_fifth_of_its_weights_matches_dense_return() -> Non
     dense, ticket_ = results[0], results[-1]
     returns = {name: [m.val_score for m in sorted(r.members, key=lambda m: m.replicate)]
                for name, r in (("dense", dense), ("ticket", ticket_))}
+    print(f"CartPole validation return per replicate: dense {returns['dense']}, ticket {returns['ticket']}")
     assert len(returns["dense"]) == len(returns["ticket"]) == 3
     assert ticket_.density == pytest.approx(0.207, abs=0.005)
     assert dense.val_score >= 400, returns  # the mean over replicates: the dense policies learned
