@@ -164,7 +164,7 @@ def test_cartpole_ticket_at_a_fifth_of_its_weights_matches_dense_return() -> Non
     64-64 policy a ticket sometimes failed (5 replicates, default kernels: 500 302 487 500 500) and a dense
     policy once in 25 runs does here (334), so the margins leave room for one failed replicate of three:
     the dense mean at least 400 (a policy that learned: a random one returns about 20) and the ticket's
-    mean at least 80% of it (a ticket replicate may fall to about 200). About 90 s on one core."""
+    mean at least 80% of it (a ticket replicate may fall to about 200). 85-120 s on one core."""
     flat = {"data.name": "gym:CartPole-v1", "model.name": "mlp", "model.widths": "128,128",
             "train.optimizer": "adam", "train.lr": 0.0025, "train.lr_schedule": "cosine", "train.batch_size": 128,
             "train.epochs": 10, "rl.rollouts_per_epoch": 10, "prune.rate": 0.55, "prune.levels": 2,

@@ -62,7 +62,7 @@ def test_imp_ticket_on_mnist1d_beats_dense_and_shuffled_masks() -> None:
     +10.0 +- 2.4 per replicate, never below +4.7 (10-replicate means +9.3 to +10.6): the ticket beats its
     shuffle in every replicate, by more than 6 points on average, and by more than 5 on validation (+8.9
     to +10.4).
-    About 45 s on one AVX2 core, 70 s with ATEN_CPU_CAPABILITY=default."""
+    About 45 s on one core (65 s on a busy machine)."""
     t = Ticket.from_flat({
         "data.name": "mnist1d", "model.name": "mlp", "model.widths": "100,100", "train.optimizer": "sgd",
         "train.lr": 0.1, "train.momentum": 0.9, "train.batch_size": 64, "train.epochs": 40, "train.seed": 0,
