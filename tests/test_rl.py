@@ -159,10 +159,11 @@ def test_cartpole_ticket_at_a_fifth_of_its_weights_matches_dense_return() -> Non
       seed 0, replicates 0-4: avx2 500/500 500/500 500/500 500/500 500/500;
         ATEN_CPU_CAPABILITY=default 500/500 500/500 500/498.2 500/491.5 500/500; MKL_CBWR=COMPATIBLE all 500/500
       seed 1, replicates 0-4: avx2 500/500 500/500 500/489.6 334/500 500/500; default all 500/500.
-    The ticket's mean over replicates 0-2 was 99.3-100% of the dense mean. The claim is about seeds: a
-    single run once returned 438 for a ticket with AVX-512 kernels where the AVX2 run returned 500. With a
-    64-64 policy a ticket sometimes failed (5 replicates, default kernels: 500 302 487 500 500) and a dense
-    policy once in 25 runs does here (334), so the margins leave room for one failed replicate of three:
+    1 and 2 threads gave the same figures. The ticket's mean over replicates 0-2 was 99.3-100% of the dense
+    mean. The claim is about seeds: with the former 64-64 policy and one seed, a ticket returned 438 under
+    AVX-512 kernels and 500 under AVX2, and its replicates sometimes failed (seed 0 replicates 0-4, default
+    kernels: 500 302 487 500 500). A dense policy fails once in 25 runs here (334), so the margins leave
+    room for one failed replicate of three:
     the dense mean at least 400 (a policy that learned: a random one returns about 20) and the ticket's
     mean at least 80% of it (a ticket replicate may fall to about 200). 85-120 s on one core."""
     flat = {"data.name": "gym:CartPole-v1", "model.name": "mlp", "model.widths": "128,128",
