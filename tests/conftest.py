@@ -32,13 +32,19 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
+# The torch thread count of the small-model tests (the `one_thread` fixture): 1 unless
+# TICKET_SEARCH_TEST_THREADS says otherwise. `make test-kernels` runs the science tests with 1 and 2, since
+# a second thread may split a reduction differently (DESIGN.md section 9).
+TEST_THREADS = int(os.environ.get("TICKET_SEARCH_TEST_THREADS", "1"))
+
+
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    """One torch intra-op thread for the test, restored after. Small models (language models, policies, the
-    science test's MLP) gain nothing from a second thread on 2 cores, and on a busy machine each operation
-    waits for the slower thread: the CartPole science test took 36 s on one thread and 13 min on two there,
-    with the same figures."""
+    """TEST_THREADS torch intra-op threads (one by default) for the test, restored after. Small models
+    (language models, policies, the science test's MLP) gain nothing from a second thread on 2 cores, and on
+    a busy machine each operation waits for the slower thread: the CartPole science test took 36 s on one
+    thread and 13 min on two there, with the same figures."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(before)

@@ -183,7 +183,8 @@ def test_early_bird_draws_a_language_model_ticket() -> None:
 
 
 def test_collapse_is_detected_and_reported() -> None:
-    # 1% of 1% of the pool left, ranked globally: a whole layer (the embedding) loses every weight.
+    # 1% of 1% of the pool left, ranked globally: a whole layer (the embedding) loses every weight. The
+    # count rounds to no weight at all, whatever training did: this claim does not depend on a trajectory.
     lot = Lottery(ticket(**{"prune.levels": 2, "prune.rate": 0.99, "prune.output_rate": 0.5}))
     last = list(lot.run())[-1]
     assert last.collapsed and last.collapsed_layers
@@ -191,20 +192,34 @@ def test_collapse_is_detected_and_reported() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.science
 def test_lstm_ticket_at_a_third_of_its_weights_matches_dense_perplexity() -> None:
     """IMP with late rewinding (iteration 10 of 164) on a character LSTM (64 units): two levels at rate
-    0.48 keep 31.5% of the weights (27% of the pool, the output layer at half the rate).
+    0.48 keep 31.5% of the weights (27% of the pool, the output layer at half the rate). Replicates 0-2 of
+    train.seed 0 (init seeds 0-2).
 
-    Measured (torch 2.14.1, Python 3.11.7, CPU): dense validation perplexity 9.64, ticket at 31.5%
-    density 8.87, i.e. the ticket is 8% *better*; rewinding to iteration 0 instead gives 10.13 (+5%).
-    With 2 epochs per level: dense 7.07, ticket 6.69. About 17 s on one core."""
+    Measured (torch 2.14.1, Python 3.11.7, CPU), validation perplexity dense / ticket per replicate:
+      seed 0, avx2 (1 or 2 threads): 9.64/8.87 8.97/8.52 9.20/8.65, ticket / dense 0.921 0.950 0.941
+              (mean 0.937); ATEN_CPU_CAPABILITY=default and MKL_CBWR=COMPATIBLE the same to 0.01
+      seed 1, avx2 and default: 8.65/8.38 8.87/8.48 9.12/8.45, ratios 0.968 0.956 0.926 (mean 0.950).
+    The kernels move a perplexity by 0.01 at most, the seeds by 0.5 and the ratio by up to 0.05: the ticket
+    must match its dense model in every replicate (ratio at most 1.0; the worst seen 0.968) and beat it on
+    average (mean ratio at most 0.98; seen 0.937 and 0.950). Rewinding to iteration 0 instead gave 10.13
+    for replicate 0 (+5%). About 20 s on one core."""
     flat = {"data.name": "pydoc", "model.name": "lstm", "model.width": 64, "model.depth": 1,
             "model.context": 64, "train.batch_size": 32, "train.epochs": 1, "train.optimizer": "adam",
             "train.lr": 0.01, "prune.rate": 0.48, "prune.levels": 2, "prune.rewind_iter": 10,
-            "train.device": "cpu"}
+            "prune.replicates": 3, "train.device": "cpu"}
     results = list(Lottery(Ticket.from_flat(flat)).run())
     dense, ticket_ = results[0], results[-1]
-    dense_ppl, ticket_ppl = -dense.val_score, -ticket_.val_score
+    dense_ppl, ticket_ppl = ([-m.val_score for m in sorted(r.members, key=lambda m: m.replicate)]
+                             for r in (dense, ticket_))
+    assert len(dense_ppl) == len(ticket_ppl) == 3
     assert ticket_.density == pytest.approx(0.315, abs=0.01)
-    assert ticket_ppl <= 1.10 * dense_ppl, (dense_ppl, ticket_ppl)
-    assert dense_ppl < 12  # a model that learned: the unigram perplexity of this text is about 25
+    ratios = [t / d for t, d in zip(ticket_ppl, dense_ppl, strict=True)]
+    print("LSTM validation perplexity per replicate, dense/ticket:",
+          " ".join(f"{d:.2f}/{t:.2f}" for d, t in zip(dense_ppl, ticket_ppl, strict=True)),
+          "ratios", " ".join(f"{r:.3f}" for r in ratios))
+    assert max(ratios) <= 1.0, (dense_ppl, ticket_ppl)
+    assert sum(ratios) / len(ratios) <= 0.98, (dense_ppl, ticket_ppl)
+    assert max(dense_ppl) < 12  # models that learned: the unigram perplexity of this text is about 25

@@ -129,14 +129,23 @@ def test_controls_keep_counts_and_report_the_ticket_margin() -> None:
     assert any(not torch.equal(shuffle.mask[n], lv.masks[0][n]) for n in lv.masks[0])
 
 
-def test_early_bird_stops_dense_training_and_survives_resume(tmp_path: Path) -> None:
+@pytest.mark.science
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("seed", range(5))
+def test_early_bird_stops_dense_training_and_survives_resume(tmp_path: Path, seed: int) -> None:
+    """The Early-Bird ticket is drawn once the masks settle: not on the first, noisy epochs (a window of 3
+    could fire at epoch 2 at the earliest) and well before the end of the 12 epochs.
+
+    Measured Early-Bird epoch for train.seed 0-9 (MLP 32-16 on digits, epsilon 0.05, window 3), the same
+    under ATEN_CPU_CAPABILITY=default and avx2 with 1 and 2 threads: 6 8 6 6 5 6 5 6 5 6. Asserted for
+    seeds 0-4: between 3 and 10, two epochs of margin on either side of the range seen (5-8)."""
     t = ticket(**{"train.epochs": 12, "prune.early_bird": True, "prune.eb_epsilon": 0.05,
-                  "prune.eb_window": 3, "prune.levels": 1, "train.lr": 0.02})
+                  "prune.eb_window": 3, "prune.levels": 1, "train.lr": 0.02, "train.seed": seed})
     lot = Lottery(t)
     runner = lot.run()
     level0 = next(runner)
     eb = lot.state.early_bird_epoch
-    assert eb is not None and 2 <= eb < 12
+    assert eb is not None and 3 <= eb <= 10, eb
     assert level0.iterations == eb * lot.ipe  # dense training stopped when the ticket was drawn
     checkpoint.save(lot.state, tmp_path)
     assert checkpoint.load(tmp_path).early_bird_epoch == eb

@@ -135,6 +135,7 @@ def test_early_bird_draws_a_policy_ticket() -> None:
 
 
 def test_collapse_is_detected_on_a_policy() -> None:
+    # 0.01^2 of the 320 hidden weights rounds to none, whatever training did: no trajectory in this claim.
     lot = Lottery(ticket(**{"prune.levels": 2, "prune.rate": 0.99, "train.epochs": 1}))
     last = list(lot.run())[-1]
     assert last.collapsed and set(last.collapsed_layers) <= {"policy.fc1.weight", "policy.fc2.weight"}
@@ -146,20 +147,35 @@ def test_acrobot_trains_and_scores_negative_returns() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.science
 def test_cartpole_ticket_at_a_fifth_of_its_weights_matches_dense_return() -> None:
-    """PPO on CartPole-v1 (64-64 ReLU policy, 51 k environment steps per level, cosine learning rate),
+    """PPO on CartPole-v1 (128-128 ReLU policy, 51 k environment steps per level, cosine learning rate),
     IMP at rate 0.55 for two levels with late rewinding to iteration 160 (one epoch of ten): 20.25% of
-    the hidden weights left, the output layer at half the rate, 21.2% overall.
+    the hidden weights left, the output layer at half the rate, 20.7% overall. Replicates 0-2 of
+    train.seed 0 (init seeds 0-2).
 
-    Measured (torch 2.14.1, gymnasium 1.4.0, CPU): mean greedy return over 10 validation episodes 500.0
-    dense and 500.0 for the ticket (seeds 1-3: 500/500, 500/500, 500/500); rewinding to iteration 0
-    instead fails for seed 2 (166). About 35 s on one core."""
-    flat = {"data.name": "gym:CartPole-v1", "model.name": "mlp", "model.widths": "64,64", "train.optimizer": "adam",
-            "train.lr": 0.0025, "train.lr_schedule": "cosine", "train.batch_size": 128, "train.epochs": 10,
-            "rl.rollouts_per_epoch": 10, "prune.rate": 0.55, "prune.levels": 2, "prune.rewind_iter": 160,
-            "train.device": "cpu"}
+    Measured (torch 2.14.1, gymnasium 1.4.0, CPU), mean greedy return over 10 validation episodes per
+    replicate, dense / ticket:
+      seed 0, replicates 0-4: avx2 500/500 500/500 500/500 500/500 500/500;
+        ATEN_CPU_CAPABILITY=default 500/500 500/500 500/498.2 500/491.5 500/500; MKL_CBWR=COMPATIBLE all 500/500
+      seed 1, replicates 0-4: avx2 500/500 500/500 500/489.6 334/500 500/500; default all 500/500.
+    1 and 2 threads gave the same figures. The ticket's mean over replicates 0-2 was 99.3-100% of the dense
+    mean. The claim is about seeds: with the former 64-64 policy and one seed, a ticket returned 438 under
+    AVX-512 kernels and 500 under AVX2, and its replicates sometimes failed (seed 0 replicates 0-4, default
+    kernels: 500 302 487 500 500). A dense policy fails once in 25 runs here (334), so the margins leave
+    room for one failed replicate of three:
+    the dense mean at least 400 (a policy that learned: a random one returns about 20) and the ticket's
+    mean at least 80% of it (a ticket replicate may fall to about 200). 85-120 s on one core."""
+    flat = {"data.name": "gym:CartPole-v1", "model.name": "mlp", "model.widths": "128,128",
+            "train.optimizer": "adam", "train.lr": 0.0025, "train.lr_schedule": "cosine", "train.batch_size": 128,
+            "train.epochs": 10, "rl.rollouts_per_epoch": 10, "prune.rate": 0.55, "prune.levels": 2,
+            "prune.rewind_iter": 160, "prune.replicates": 3, "train.device": "cpu"}
     results = list(Lottery(Ticket.from_flat(flat)).run())
     dense, ticket_ = results[0], results[-1]
-    assert ticket_.density == pytest.approx(0.212, abs=0.005)
-    assert dense.val_score >= 475  # the dense policy solves CartPole-v1 (gymnasium's threshold)
-    assert ticket_.val_score >= 0.9 * dense.val_score, (dense.val_score, ticket_.val_score)
+    returns = {name: [m.val_score for m in sorted(r.members, key=lambda m: m.replicate)]
+               for name, r in (("dense", dense), ("ticket", ticket_))}
+    print(f"CartPole validation return per replicate: dense {returns['dense']}, ticket {returns['ticket']}")
+    assert len(returns["dense"]) == len(returns["ticket"]) == 3
+    assert ticket_.density == pytest.approx(0.207, abs=0.005)
+    assert dense.val_score >= 400, returns  # the mean over replicates: the dense policies learned
+    assert ticket_.val_score >= 0.8 * dense.val_score, returns

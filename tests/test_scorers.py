@@ -158,8 +158,16 @@ def deep_narrow(seed: int) -> nn.Module:
     return nn.Sequential(*layers[:-1])
 
 
-def test_iterative_synflow_avoids_the_collapse_that_magnitude_hits():
-    model, ctx = deep_narrow(0), context(input_shape=(16,))
+@pytest.mark.science
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("seed", range(3))
+def test_iterative_synflow_avoids_the_collapse_that_magnitude_hits(seed: int):
+    """Measured for deep_narrow(0..9), the same under ATEN_CPU_CAPABILITY=default and avx2 with 1 and 2
+    threads (initialisation and float64 scores): global magnitude pruning empties 5 of the 10 layers at 30%
+    density and first collapses at 39-40%; 100 SynFlow iterations to 2% leave 42-58 weights in the
+    sparsest layer. Asserted for seeds 0-2: magnitude collapsed at 30%, SynFlow
+    keeps at least 20 weights in every layer at 2%."""
+    model, ctx = deep_narrow(seed), context(input_shape=(16,))
     run = dict(output=None, output_density=None, scope="global")
     magnitude = scorers.prune_at_init(model, masks.ones(model), ctx, scorer="magnitude", density=0.3,
                                       iterations=1, **run)
@@ -167,4 +175,5 @@ def test_iterative_synflow_avoids_the_collapse_that_magnitude_hits():
                                     iterations=100, **run)
     assert masks.collapsed(magnitude)  # collapsed already at 30% density
     assert not masks.collapsed(synflow)  # every layer still connected at 2% density
+    assert min(int(m.sum()) for m in synflow.values()) >= 20
     assert masks.density(synflow) == pytest.approx(0.02, abs=1e-4)
