@@ -90,18 +90,18 @@ class TrackingCallback(tune.Callback):
             log.error("tracking: trial statuses not recorded: %s", self._outbox.describe())
 
     def _ended_silently(self, trial: Any) -> Outcome:
+        """A trial Tune ended without `on_trial_complete`: the time budget stops every trial at once, and an
+        interrupted sweep (Ctrl-C) stops the running ones, which `resume` continues from its snapshot."""
         last = trial.last_result or {}
+        epochs = f"{last.get('epochs_total', 0):.1f}"
         if trial.status == "ERROR":
             return Outcome("FAILED", error_text(trial))
         if last.get("final"):
             return Outcome("FINISHED")
-        if trial.status == "TERMINATED" and self.time_limit_s and \
-                time.monotonic() - self._began >= self.time_limit_s - 1.0:
+        if self.time_limit_s and time.monotonic() - self._began >= self.time_limit_s - 1.0:
             return Outcome("KILLED", f"stopped: the sweep's time budget of {self.time_limit_s:g} s ran out "
-                                     f"at epoch {last.get('epochs_total', 0):.1f}")
-        if trial.status == "TERMINATED":
-            return Outcome("KILLED", f"stopped when the sweep ended, at epoch {last.get('epochs_total', 0):.1f}")
-        return Outcome("KILLED", f"interrupted ({trial.status.lower()}) when the sweep stopped; "
+                                     f"at epoch {epochs}")
+        return Outcome("KILLED", f"interrupted at epoch {epochs} when the sweep stopped; "
                                  f"`ticket-search resume {self.tracking.sweep}` continues it", resumable=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
