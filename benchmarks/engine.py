@@ -21,13 +21,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks import reference
 from benchmarks.common import Row, cpu_clock, overhead, speedup, threads
-from trainables import masks as mk
-from trainables import population
 from trainables.config import Ticket
 from trainables.lottery import Lottery
-from trainables.population import _Population
-from trainables.tasks import Classification
-from trainables.train import Member, _Stepper, train_members
+from trainables.pruning import masks as mk
+from trainables.tasks.registry import Classification
+from trainables.training import population
+from trainables.training.loop import Member, _Stepper, train_members
+from trainables.training.population import _Population
 
 DIGITS = {"data.name": "digits", "model.name": "lenet300", "train.device": "cpu", "train.batch_size": 64}
 

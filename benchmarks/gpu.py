@@ -32,8 +32,8 @@ from benchmarks.common import Row, machine
 from benchmarks.engine import path
 from trainables.config import Ticket
 from trainables.lottery import Lottery
-from trainables.population import _Population, train_population
-from trainables.train import Member, train_members
+from trainables.training.loop import Member, train_members
+from trainables.training.population import _Population, train_population
 
 PEAK_TFLOPS = 790.0  # dense bf16 matrix throughput of an H200, TFLOP/s (the brief's figure)
 OUT = Path(__file__).with_name("RESULTS_GPU.md")

@@ -30,9 +30,9 @@ import ray  # noqa: E402
 
 from benchmarks.common import Row, overhead  # noqa: E402
 from benchmarks.trial import one_thread, plain_trial  # noqa: E402
-from search.runner import SweepOutcome, run_sweep  # noqa: E402
-from search.sweepfile import Sweep, sweep_from_dict  # noqa: E402
-from search.tracking import MlflowSink, prepare  # noqa: E402
+from search.sweep.file import Sweep, sweep_from_dict  # noqa: E402
+from search.tracking.sink import MlflowSink, prepare  # noqa: E402
+from search.tune.runner import SweepOutcome, run_sweep  # noqa: E402
 from trainables.config import KEYS  # noqa: E402
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from trainables import checkpoint
 from trainables.config import KEYS, Ticket
+from trainables.io import checkpoint
 from trainables.lottery import Lottery
-from trainables.train import Diverged
 from trainables.trainable import Sink
+from trainables.training.loop import Diverged
 
 
 def plain_trial(config: dict[str, Any], sink: Sink | None = None, trial_id: str = "loop") -> float:

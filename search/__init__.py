@@ -6,7 +6,7 @@ Python users get the CLI's verbs here:
     >>> best[0].ticket()  # the typed config that found it                 # doctest: +SKIP
 """
 
-from search.query import TicketRecord, best_tickets, pareto_front
+from search.results.query import TicketRecord, best_tickets, pareto_front
 
 __all__ = ["TicketRecord", "best_tickets", "pareto_front", "load_sweep", "run_sweep", "resume_sweep",
            "export_ticket", "resolve_init_mask"]
@@ -14,15 +14,15 @@ __all__ = ["TicketRecord", "best_tickets", "pareto_front", "load_sweep", "run_sw
 
 def __getattr__(name: str):  # heavy imports (Ray) only when asked for
     if name in ("run_sweep", "resume_sweep"):
-        from search import runner
+        from search.tune import runner
 
         return getattr(runner, name)
     if name == "load_sweep":
-        from search.sweepfile import load_sweep
+        from search.sweep.file import load_sweep
 
         return load_sweep
     if name in ("export_ticket", "resolve_init_mask"):
-        from search import export
+        from search.results import export
 
         return getattr(export, name)
     raise AttributeError(name)

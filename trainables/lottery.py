@@ -23,14 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables import masks as mk
-from trainables import schedule, scorers
 from trainables.config import ConfigError, Ticket
-from trainables.controls import build_members
-from trainables.earlybird import EarlyBird
-from trainables.results import LevelResult, MemberResult, summarise
-from trainables.tasks import Task, build_model, make_task
-from trainables.train import Hooks, Member, train_members
+from trainables.io.results import LevelResult, MemberResult, summarise
+from trainables.pruning import masks as mk
+from trainables.pruning import schedule, scorers
+from trainables.pruning.controls import build_members
+from trainables.pruning.earlybird import EarlyBird
+from trainables.tasks.registry import Task, build_model, make_task
+from trainables.training.loop import Hooks, Member, train_members
 
 StateDict = dict[str, torch.Tensor]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -61,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
 
 def load_init_mask(path: str) -> mk.Mask:
     """Read a transferred ticket's mask (a file; `runs:/` URIs are resolved by search/ first)."""
-    from trainables import maskio
+    from trainables.io import maskio
 
     if "://" in path or path.startswith("runs:/"):
         raise ConfigError(f"prune.init_mask: '{path}' is a URI; resolve it with the search service first")

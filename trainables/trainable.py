@@ -22,12 +22,12 @@ from typing import Any, Protocol
 
 from ray import tune
 
-from trainables import checkpoint
 from trainables.config import KEYS, ConfigError, Ticket
-from trainables.data import DatasetMissing
+from trainables.io import checkpoint
+from trainables.io.results import LevelResult
 from trainables.lottery import Lottery, State
-from trainables.results import LevelResult
-from trainables.train import Diverged
+from trainables.tasks.classification.data import DatasetMissing
+from trainables.training.loop import Diverged
 
 QUICK_FINISH_S = 30.0  # s a failing trial waits for the tracking server: its own error comes first
 # s a trial Tune stopped waits for its queued records. Tune gives a stopped trial's thread 2 s
