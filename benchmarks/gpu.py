@@ -32,8 +32,9 @@ from benchmarks.common import Row, machine
 from benchmarks.engine import path
 from trainables.config import Ticket
 from trainables.lottery import Lottery
-from trainables.training.loop import Member, train_members
-from trainables.training.population import _Population, train_population
+from trainables.training.loop import train_members, train_population
+from trainables.training.members import Member
+from trainables.training.population import Population
 
 PEAK_TFLOPS = 790.0  # dense bf16 matrix throughput of an H200, TFLOP/s (the brief's figure)
 OUT = Path(__file__).with_name("RESULTS_GPU.md")
@@ -99,12 +100,11 @@ def throughput(device: torch.device, counts: list[int], bf16: bool, peak_tflops:
     rows = []
     for m in counts:
         for dtype in [None, torch.bfloat16] if bf16 else [None]:
-            pop = _Population([Member("m", i, lot.new_model(i)) for i in range(m)], task, cfg, dtype,
-                              probe=task.batch(0))
+            pop = Population([Member("m", i, lot.new_model(i)) for i in range(m)], task, cfg, autocast=dtype)
 
-            def run(pop: _Population = pop) -> None:
+            def run(pop: Population = pop) -> None:
                 for it in range(steps):
-                    pop.step(task.batch(it), cfg.lr)
+                    pop.step(it, cfg.lr)
 
             run()  # warm-up
             seconds = _timed(run, device)

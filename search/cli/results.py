@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from search.cli.console import console as make_console
-from trainables.config import score_meaning
+from trainables.tasks.registry import score_meaning
 
 if TYPE_CHECKING:
     from search.results.export import MaskComparison

@@ -13,8 +13,9 @@ from search.cli.console import console as make_console
 from search.sweep.overrides import load_ticket
 from trainables.config import ConfigError, Ticket
 from trainables.io import checkpoint
+from trainables.io.checkpoint import State
 from trainables.io.results import LevelResult, write_results
-from trainables.lottery import Lottery, State
+from trainables.lottery import Lottery
 
 
 def planned_epochs(t: Ticket, levels: int) -> float:

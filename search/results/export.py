@@ -41,7 +41,8 @@ from search.results.query import (
 from search.tracking import schema as S
 from trainables.config import ConfigError, Ticket
 from trainables.io import maskio
-from trainables.io.ticketio import DENSITY_FILE, MASK_FILE, REWIND_FILE, TICKET_JSON, load_rewind
+from trainables.io.ticketio import load_rewind
+from trainables.paths import DENSITY_FILE, MASK_FILE, REWIND_FILE, TICKET_JSON
 from trainables.pruning import masks as mk
 from trainables.tasks.registry import shapes as task_shapes
 

@@ -28,7 +28,8 @@ from search.results.query import (
     sweep_tickets,
     tracking_root,
 )
-from trainables.config import ConfigError, score_meaning
+from trainables.config import ConfigError
+from trainables.tasks.registry import score_meaning
 
 ARTIFACT_DIR = "plots"
 ARTIFACT_NAME = "accuracy_vs_sparsity.png"

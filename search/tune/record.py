@@ -25,8 +25,8 @@ import pyarrow.fs as pafs
 
 from trainables.config import KEYS
 from trainables.io import checkpoint
+from trainables.io.checkpoint import State
 from trainables.io.results import LevelResult
-from trainables.lottery import State
 
 TRIAL_DIR = re.compile(r"trial_([A-Za-z0-9_-]+)")  # search.tuner.trial_dirname: trial_<Ray trial id>
 CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")

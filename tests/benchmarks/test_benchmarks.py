@@ -47,6 +47,8 @@ class Calls:
 
     seconds = 0.0
 
+    seconds = 0.0  # wall seconds in tracking calls (the Sink protocol)
+
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 

@@ -20,8 +20,10 @@ from search.tracking import sink as tracking
 from tests.search.test_query import Record, build_record, parse
 from trainables.config import ConfigError, Ticket
 from trainables.io import maskio
-from trainables.io.ticketio import FILES, TICKET_JSON, load_ticket
+from trainables.io.ticketio import load_ticket
 from trainables.lottery import Lottery
+from trainables.paths import TICKET_FILES as FILES
+from trainables.paths import TICKET_JSON
 from trainables.pruning import masks as mk
 from trainables.tasks.classification.data import load as load_data
 

@@ -202,7 +202,7 @@ def _crash_writing(code: str, limit: int) -> subprocess.CompletedProcess[str]:
 def test_crash_mid_write_never_leaves_a_partial_mask_under_its_name(tmp_path: Path) -> None:
     path = tmp_path / "mask.safetensors"
     maskio.save({"w": torch.zeros(8, 8, dtype=torch.bool)}, path)  # the previous, complete version
-    code = ("import sys, torch; from trainables import maskio; "
+    code = ("import sys, torch; from trainables.io import maskio; "
             f"maskio.save({{'w': torch.ones(3000, 3000, dtype=torch.bool)}}, {str(path)!r})")  # ~1.1 MB packed
     crashed = _crash_writing(code, limit=256 * 1024)
     assert crashed.returncode == -signal.SIGXFSZ, crashed.stderr[-2000:]  # killed mid-write, for real
@@ -217,7 +217,7 @@ def test_crash_mid_write_never_leaves_a_partial_mask_under_its_name(tmp_path: Pa
 def test_crash_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     small = State(level=1, masks=[{"w": torch.ones(4, 4, dtype=torch.bool)}], rewind=[{"w": torch.zeros(4, 4)}])
     checkpoint.save(small, tmp_path)
-    code = ("import torch; from trainables import checkpoint; from trainables.lottery import State; "
+    code = ("import torch; from trainables.io import checkpoint; from trainables.io.checkpoint import State; "
             "checkpoint.save(State(level=2, masks=[{'w': torch.ones(600, 600, dtype=torch.bool)}], "
             f"rewind=[{{'w': torch.zeros(600, 600)}}]), {str(tmp_path)!r})")  # ~1.8 MB of tensors
     crashed = _crash_writing(code, limit=512 * 1024)

@@ -29,9 +29,8 @@ from search.sweep.file import ENTRIES, SAMPLERS, SCHEDULERS, SWEEP_NAME, TOP_LEV
 from tests.search.test_sweep import sweep_doc
 from trainables.config import KEYS, ConfigError
 from trainables.io import checkpoint, maskio
-from trainables.io.checkpoint import CheckpointError
+from trainables.io.checkpoint import CheckpointError, State
 from trainables.io.ticketio import load_rewind
-from trainables.lottery import State
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 text = st.text(max_size=24)

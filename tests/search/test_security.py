@@ -31,8 +31,8 @@ from tests.search.test_sweep import sweep_doc
 from tests.search.test_sweep_services import write_sweep
 from trainables.config import ConfigError, Ticket
 from trainables.io import maskio
-from trainables.io.ticketio import FILES
 from trainables.models.registry import build
+from trainables.paths import TICKET_FILES as FILES
 from trainables.pruning import masks as mk
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ import torch
 import torchvision.datasets as tvd
 
 from trainables.config import ConfigError, DataConfig
-from trainables.tasks.classification import data
+from trainables.tasks.classification import data, datasets
 
 
 def channel_means(x: torch.Tensor) -> torch.Tensor:
@@ -246,6 +246,6 @@ def test_svhn_from_mat_files(tmp_path, monkeypatch):
 def test_missing_dataset_names_the_folder_and_the_keys(tmp_path, name, folder):
     where = re.escape(str(tmp_path / folder) if folder else str(tmp_path))
     message = rf"data.name={name}: no dataset .*at {where};.*data.download=true"
-    with pytest.raises(data.DatasetMissing, match=message):
+    with pytest.raises(datasets.DatasetMissing, match=message):
         data.load(DataConfig(name=name, root=str(tmp_path)))
-    assert issubclass(data.DatasetMissing, ConfigError)
+    assert issubclass(datasets.DatasetMissing, ConfigError)

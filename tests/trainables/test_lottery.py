@@ -12,8 +12,10 @@ from trainables.config import ConfigError, Ticket
 from trainables.io import checkpoint, maskio
 from trainables.lottery import Lottery
 from trainables.pruning import masks as mk
-from trainables.pruning.controls import build_members
-from trainables.training.loop import Member, train_members
+from trainables.training.loop import train_members
+from trainables.training.members import Member
+
+build_members = Lottery.members  # the members of a level, as the lottery assembles them
 
 SMALL = {"model.name": "mlp", "model.widths": "32,16", "train.epochs": 2, "train.batch_size": 64,
          "train.device": "cpu"}

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.config import LM_MODELS, MODELS, ConfigError, ModelConfig
+from trainables.config import ConfigError, ModelConfig, choices
 from trainables.models import registry as models
+from trainables.models.lm import BUILDERS as LM_BUILDERS
 
 CIFAR_NETS = ("vgg11", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56")
 CASES = [
@@ -17,6 +18,9 @@ CASES = [
     *[(n, (1, 8, 8)) for n in ("conv2", "conv4", "conv6", "resnet20", "vgg11")],
     *[(n, (3, 32, 32)) for n in ("conv2", "conv4", "conv6", *CIFAR_NETS)],
 ]
+
+MODELS = [name for name in choices("model.name") if not name.startswith("tv:")]  # what the config accepts
+LM_MODELS = list(LM_BUILDERS)
 
 
 def build(name: str, shape: tuple[int, ...], classes: int = 10, seed: int = 0) -> nn.Module:

@@ -23,7 +23,8 @@ from trainables.config import ConfigError, Ticket
 from trainables.lottery import Lottery
 from trainables.pruning import masks as mk
 from trainables.training import population
-from trainables.training.loop import Hooks, Member, train_members
+from trainables.training.loop import Hooks, train_members
+from trainables.training.members import Member
 
 SMALL = {"model.name": "mlp", "model.widths": "32,16", "train.epochs": 2, "train.batch_size": 128,
          "train.device": "cpu"}
@@ -195,8 +196,8 @@ def test_a_model_that_cannot_batch_falls_back_and_says_so(cls: type[nn.Module], 
 def test_auto_batches_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(population.ENV, "auto")
     used: list[int] = []
-    real = population.train_population
-    monkeypatch.setattr(population, "train_population", lambda ms, *a, **k: used.append(len(ms)) or real(ms, *a, **k))
+    real = population.Population
+    monkeypatch.setattr(population, "Population", lambda ms, *a, **k: used.append(len(ms)) or real(ms, *a, **k))
     lot = lottery(**{"train.epochs": 1})
     for count in (1, 3, 4):  # on a CPU from 4 members (population.MIN_MEMBERS)
         train_members(members_of(lot, count), lot.task, lot.ticket.train, start=0, stop=lot.total)

@@ -18,7 +18,8 @@ from trainables.pruning import scorers
 from trainables.tasks.registry import build_model, make_task
 from trainables.tasks.rl import envs
 from trainables.tasks.rl.task import PolicyTask
-from trainables.training.loop import Diverged, Member, train_members
+from trainables.training.loop import train_members
+from trainables.training.members import Diverged, Member
 
 # Tiny and fast: one PPO step per 64-step rollout, two rollouts per epoch, three evaluation episodes.
 TINY = {"data.name": "gym:CartPole-v1", "model.name": "mlp", "model.widths": "16,16", "train.optimizer": "adam",

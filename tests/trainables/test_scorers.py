@@ -49,7 +49,7 @@ def masked_weights(model: nn.Module, mask: masks.Mask) -> dict[str, torch.Tensor
 
 
 def test_registry_matches_config_and_rejects_unknown_names():
-    assert tuple(scorers.SCORERS) == config.SCORERS
+    assert tuple(scorers.SCORERS) == config.choices("prune.scorer")
     with pytest.raises(config.ConfigError, match="prune.scorer: unknown value 'l1'; valid choices: magn"):
         scorers.get("l1")
 

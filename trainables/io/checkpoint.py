@@ -1,8 +1,10 @@
 """Level-boundary checkpoints of a ticket search: `save(state, dir)` and `load(dir)`.
 
-Layout: `state.json` (numbers, results, and the name of the tensor file) and one
-`state-<level>.safetensors` with every tensor (rewind weights, masks, Early-Bird masks). Nothing is
-pickled. The tensor file is written first under a new name and `state.json` last, each by rename,
+A checkpoint holds a `State`: everything needed to continue a ticket search at a level boundary.
+Layout (trainables/paths.py): `state.json` (numbers, results, and the name of the tensor file) and one
+`state-<level>-<results>.safetensors` with every tensor (rewind weights, masks, Early-Bird masks). Nothing
+is pickled. The tensor file is written first under a new name and `state.json` last, each atomically
+(maskio.write_atomically),
 so a crash mid-save leaves the previous checkpoint intact and never a half-written one. `load` reads
 nothing but `state.json` and the tensor file it names (a plain name, never a path), and checks that
 every mask is boolean and fits its weights.
@@ -11,8 +13,7 @@ every mask is boolean and fits its weights.
 from __future__ import annotations
 
 import json
-import os
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,29 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
-from trainables.config import ConfigError
+from trainables import paths
 from trainables.io.maskio import write_atomically
 from trainables.io.results import LevelResult
-from trainables.lottery import State
+from trainables.pruning.masks import Mask
+from trainables.typed import ConfigError
 
 _TENSOR = "__tensor__"
-TENSOR_FILE = re.compile(r"state-\d{3,}-\d{3,}\.safetensors")
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class State:
+    """Everything needed to continue a ticket search at a level boundary."""
+
+    level: int = 0  # the next level to train
+    done: bool = False
+    results: list[LevelResult] = field(default_factory=list)
+    masks: list[Mask] = field(default_factory=list)  # per replicate: the mask the next level uses
+    rewind: list[StateDict] = field(default_factory=list)  # per replicate: weights at the rewind point
+    start_iter: int = 0  # iteration the next level starts training at (the rewind point)
+    epochs_total: float = 0.0  # epochs trained so far, all levels and members' shared passes
+    early_bird_epoch: int | None = None
+    early_bird: dict[str, Any] | None = None  # EarlyBird.state_dict()
 
 
 class CheckpointError(ConfigError):
@@ -70,13 +87,11 @@ def save(state: State, folder: str | Path, config: dict[str, Any] | None = None)
         "tensors": _split({"masks": state.masks, "rewind": state.rewind, "early_bird": state.early_bird,
                            "result_masks": [r.masks for r in state.results]}, "t", tensors),
     }
-    name = f"state-{state.level:03d}-{len(state.results):03d}.safetensors"
+    name = paths.state_tensors(state.level, len(state.results))
     write_atomically(folder / name, save_bytes(tensors), "checkpoint")  # OSError naming the file, errno kept
     doc["tensor_file"] = name
-    tmp_json = folder / ".state.json.tmp"
-    tmp_json.write_text(json.dumps(doc))
-    os.replace(tmp_json, folder / "state.json")
-    for old in folder.glob("state-*.safetensors"):  # older checkpoints are superseded now
+    write_atomically(folder / paths.STATE_JSON, json.dumps(doc).encode(), "checkpoint")
+    for old in folder.glob(paths.STATE_TENSORS_GLOB):  # older checkpoints are superseded now
         if old.name != name:
             old.unlink(missing_ok=True)
 
@@ -84,7 +99,7 @@ def save(state: State, folder: str | Path, config: dict[str, Any] | None = None)
 def read_config(folder: str | Path) -> dict[str, Any]:
     """The flat ticket keys a checkpoint was saved with ({} when it was saved without them)."""
     try:
-        config = json.loads((Path(folder) / "state.json").read_text()).get("config") or {}
+        config = json.loads((Path(folder) / paths.STATE_JSON).read_text()).get("config") or {}
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint {folder}: cannot read its config ({type(e).__name__}: {e})") from None
     return config if isinstance(config, dict) else {}
@@ -94,9 +109,9 @@ def load(folder: str | Path) -> State:
     """Read a checkpoint back; anything malformed or inconsistent is a one-line CheckpointError."""
     folder = Path(folder)
     try:
-        doc = json.loads((folder / "state.json").read_text())
+        doc = json.loads((folder / paths.STATE_JSON).read_text())
         name = doc["tensor_file"]
-        if not isinstance(name, str) or not TENSOR_FILE.fullmatch(name):  # a name, never a path elsewhere
+        if not isinstance(name, str) or not paths.STATE_TENSORS.fullmatch(name):  # a name, never a path elsewhere
             raise ValueError(f"tensor_file {str(name)[:80]!r} is not state-NNN-NNN.safetensors")
         tensors = load_file(str(folder / name))
         parts = _join(doc["tensors"], tensors)

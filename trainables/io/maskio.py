@@ -1,5 +1,8 @@
 """Mask files: safetensors, bit-packed to about one bit per weight, written atomically, never pickled.
 
+`write_atomically` is the engine's one way to write a file under its final name (masks, checkpoints,
+results.json): a temporary name in the same folder, fsync, rename.
+
 Each layer is stored as a flat uint8 tensor from `numpy.packbits` (8 weights per byte, big-endian bit
 order) under its parameter name; the shapes, in layer order, sit in the safetensors metadata as JSON under
 `mask_shapes`. Callers' own string metadata (dataset, density, ...) travels beside it. Loading validates
@@ -25,13 +28,13 @@ import torch
 from safetensors import safe_open
 from safetensors.numpy import save as save_bytes
 
-from trainables.config import ConfigError
+from trainables.pruning.masks import Mask
+from trainables.typed import ConfigError
 
 # Reserved metadata keys; everything else in the metadata belongs to the caller.
 SHAPES_KEY = "mask_shapes"
 FORMAT_KEY = "mask_format"
 FORMAT = "packbits-v1"
-Mask = dict[str, torch.Tensor]
 
 
 class MaskFileError(ConfigError):
@@ -124,3 +127,11 @@ def load_metadata(path: str | Path) -> dict[str, str]:
     _, meta = _read(path, tensors=False)
     _shapes(path, meta)
     return {k: v for k, v in meta.items() if k not in (SHAPES_KEY, FORMAT_KEY)}
+
+
+def load_init_mask(path: str) -> Mask:
+    """Read a transferred ticket's mask, `prune.init_mask` (a file; `runs:/` URIs are resolved by search/
+    first)."""
+    if "://" in path or path.startswith("runs:/"):
+        raise ConfigError(f"prune.init_mask: '{path}' is a URI; resolve it with the search service first")
+    return load(path)

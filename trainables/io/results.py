@@ -1,18 +1,19 @@
 """One record shape for a finished level, and the on-disk layout of `ticket-search run --out DIR`.
 
 `DIR/results.json` = {"config": <flat keys>, "levels": [<LevelResult without masks>], "early_bird_epoch"}
-`DIR/masks/level_NN.safetensors` = the ticket mask of level NN (replicate 0; `level_NN_rep<R>` others).
+`DIR/masks/level_NN.safetensors` = the ticket mask of level NN (replicate 0; `level_NN_rep<R>` others);
+the names are trainables/paths.py's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainables import paths
 from trainables.io import maskio
 from trainables.pruning.masks import Mask
 
@@ -111,21 +112,15 @@ def summarise(level: int, members: list[MemberResult], masks: list[Mask], layer_
         members=members, masks=masks)
 
 
-def mask_filename(level: int, replicate: int = 0) -> str:
-    return f"level_{level:02d}.safetensors" if replicate == 0 else f"level_{level:02d}_rep{replicate}.safetensors"
-
-
 def write_results(out: Path, config: dict[str, Any], levels: list[LevelResult],
                   early_bird_epoch: int | None) -> None:
-    """Write results.json and every level's masks under `out` (atomically: temp name, then rename)."""
+    """Write results.json and every level's masks under `out`, each file atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(exist_ok=True)
+    (out / paths.MASKS_DIR).mkdir(exist_ok=True)
     for lv in levels:
         for r, mask in enumerate(lv.masks):
-            maskio.save(mask, out / "masks" / mask_filename(lv.level, r),
+            maskio.save(mask, out / paths.MASKS_DIR / paths.level_mask(lv.level, r),
                         {"level": str(lv.level), "replicate": str(r), "density": f"{lv.density:.6f}"})
     doc = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
            "levels": [lv.to_json() for lv in levels], "early_bird_epoch": early_bird_epoch}
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=True))
-    os.replace(tmp, out / "results.json")
+    maskio.write_atomically(out / paths.RESULTS_JSON, json.dumps(doc, indent=2, allow_nan=True).encode(), "results")

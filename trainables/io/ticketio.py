@@ -1,6 +1,6 @@
 """An exported ticket on disk, and loading it back into a pruned network (no MLflow needed).
 
-`ticket-search export RUN_ID --out DIR` writes the folder this module reads:
+`ticket-search export RUN_ID --out DIR` writes the folder this module reads (names: trainables/paths.py):
 
     DIR/ticket.json         {"config": <flat keys>, "run_id", "trial_run_id", "sweep", "level",
                              "metrics": {...}, "input_shape": [..] | null, "num_classes": int | null}
@@ -25,16 +25,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from trainables.config import ConfigError, Ticket
+from trainables.config import Ticket
 from trainables.io import maskio
+from trainables.paths import MASK_FILE, REWIND_FILE, TICKET_JSON
 from trainables.pruning import masks as mk
 from trainables.tasks.registry import build_model, shapes
-
-TICKET_JSON = "ticket.json"
-MASK_FILE = "mask.safetensors"
-REWIND_FILE = "rewind.safetensors"
-DENSITY_FILE = "density.json"
-FILES = (TICKET_JSON, MASK_FILE, REWIND_FILE, DENSITY_FILE)
+from trainables.typed import ConfigError
 
 
 def read_doc(folder: str | Path) -> dict[str, Any]:

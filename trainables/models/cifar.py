@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from trainables.config import ModelConfig
+from trainables.models.layers import image
+
 # VGG plans: output channels of each 3x3 conv, "M" = 2x2 max-pool (Simonyan & Zisserman, CIFAR variant
 # with the last pool replaced by global pooling, as in Frankle et al. 2020).
 VGG_PLANS: dict[str, list[int | str]] = {
@@ -108,9 +111,9 @@ class ResNet(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-def vgg(name: str, image: tuple[int, int, int], num_classes: int) -> VGG:
-    return VGG(VGG_PLANS[name], image, num_classes)
+def vgg(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return VGG(VGG_PLANS[cfg.name], image(cfg.name, shape), num_classes)
 
 
-def resnet(name: str, image: tuple[int, int, int], num_classes: int) -> ResNet:
-    return ResNet(RESNET_BLOCKS[name], image[0], num_classes)
+def resnet(cfg: ModelConfig, shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return ResNet(RESNET_BLOCKS[cfg.name], image(cfg.name, shape)[0], num_classes)

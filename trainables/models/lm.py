@@ -123,3 +123,7 @@ def lstm(cfg: ModelConfig, shape: tuple[int, ...], vocab: int) -> nn.Module:
 def transformer(cfg: ModelConfig, shape: tuple[int, ...], vocab: int) -> nn.Module:
     return TransformerLanguageModel(vocab, cfg.width, cfg.depth, cfg.heads, cfg.context,
                                     dense_embeddings=cfg.dense_embeddings)
+
+
+# The language models: a corpus needs one of them and they need a corpus (trainables/tasks/lm/family.py).
+BUILDERS = {"lstm": lstm, "transformer": transformer}

@@ -18,17 +18,16 @@ from typing import Any
 
 import torch
 
-from trainables.config import ConfigError
 from trainables.pruning import masks
 from trainables.pruning.masks import Mask
+from trainables.typed import ConfigError, in_range
 
 
 class EarlyBird:
     """Fires when the newest of the last `window` masks is within `epsilon` of each of the others."""
 
     def __init__(self, epsilon: float, window: int) -> None:
-        if not 0.0 <= epsilon <= 1.0:
-            raise ConfigError(f"prune.eb_epsilon: {epsilon!r} is outside [0, 1]")
+        in_range("prune.eb_epsilon", epsilon, 0.0, 1.0)
         if window < 2:
             raise ConfigError(f"prune.eb_window: need at least 2 masks to compare, got {window}")
         self.epsilon, self.window = epsilon, window

@@ -1,10 +1,11 @@
-"""Pruning masks: which weights are prunable, exact top-k pruning, and the mask controls.
+"""Pruning masks: which weights are prunable, exact top-k pruning, densities, collapse, controls, transfer.
 
 A mask is `dict[str, torch.BoolTensor]` keyed by parameter name (True = kept). This module owns the
 science of turning scores into a mask (DESIGN.md section 6): exact top-k by index, never a threshold, with
 densities that are absolute fractions of each layer's (or the pool's) total weights so that IMP level L at
-rate p lands on (1-p)^L within one weight. It also owns the sanity controls (`shuffle`, `random_like`),
-collapse detection and ticket transfer (`refit`). Scorers live in `scorers.py`, files in `maskio.py`.
+rate p lands on (1-p)^L within one weight. It also owns the mask functions of the sanity controls
+(`shuffle`, `random_like`; controls.py registers them) and ticket transfer (`refit`). Scorers live in
+scorers.py, mask files in trainables/io/maskio.py.
 
 Example:
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
@@ -20,12 +21,13 @@ import functools
 import torch
 from torch import nn
 
-from trainables.config import SCOPES, ConfigError
+from trainables.config import SCOPES
+from trainables.typed import ConfigError, choice
 
 Mask = dict[str, torch.Tensor]
 
 # Modules whose weights are prunable. Recurrent layers hold several weight matrices (`weight_ih_l0`,
-# `weight_hh_l0`, ...) and attention its input projection (`in_proj_weight`); `_weight_names` knows them.
+# `weight_hh_l0`, ...) and attention its input projection (`in_proj_weight`); `_is_weight` knows them.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding,
                                                 nn.RNNBase, nn.MultiheadAttention)
 
@@ -74,13 +76,14 @@ def ones(model: nn.Module, *, bias: bool = False) -> Mask:
     return {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable(model, bias=bias).items()}
 
 
-def _kept(mask: Mask) -> tuple[int, int]:
+def counts(mask: Mask) -> tuple[int, int]:
+    """(kept entries, all entries) of a mask."""
     return sum(int(m.sum()) for m in mask.values()), sum(m.numel() for m in mask.values())
 
 
 def density(mask: Mask) -> float:
     """Kept / total over all entries (1.0 for an empty mask)."""
-    kept, total = _kept(mask)
+    kept, total = counts(mask)
     return kept / total if total else 1.0
 
 
@@ -143,8 +146,7 @@ def _prune_pool(scores: dict[str, torch.Tensor], mask: Mask, names: list[str], f
 
 def _check_prune_args(scores: dict[str, torch.Tensor], mask: Mask, fractions: list[float],
                       scope: str, output: str | None) -> None:
-    if scope not in SCOPES:
-        raise ConfigError(f"prune.scope: unknown value '{scope}'; valid choices: {', '.join(SCOPES)}")
+    choice("prune.scope", scope, SCOPES)
     for f in fractions:
         if not 0.0 <= f <= 1.0:
             raise ValueError(f"density must lie in [0, 1], got {f!r}")
@@ -205,7 +207,7 @@ def random_like(mask: Mask, generator: torch.Generator, *, output: str | None = 
     The output layer keeps its own count (placed at random), since it is pruned at its own rate.
     """
     rest = [n for n in mask if n != output]
-    kept, total = _kept({n: mask[n] for n in rest})
+    kept, total = counts({n: mask[n] for n in rest})
     parts = _random_positions(total, kept, generator).split([mask[n].numel() for n in rest])
     new = {n: p.reshape(mask[n].shape).to(mask[n].device) for n, p in zip(rest, parts, strict=True)}
     if output is not None and output in mask:

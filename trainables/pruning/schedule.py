@@ -2,9 +2,9 @@
 
 After IMP level L at rate p the pooled layers keep (1-p)^L of their level-0 weights and the output layer
 (1-p*o)^L, o = `prune.output_rate` (DESIGN.md section 6); IMP stops at the first level at or below
-`prune.target_density`. Pure arithmetic (no torch), shared by the engine (trainables/lottery.py prunes by
-it and derives unset `prune.levels` from it), the `run` command (which refuses levels that cannot reach
-the target) and the sweep (ASHA's max_t must cover every level any sampled rate needs).
+`prune.target_density`. Pure arithmetic (no torch), shared by the engine (trainables/pruning/imp.py prunes by
+it, trainables/lottery.py derives unset `prune.levels` from it), the `run` command (which refuses levels
+that cannot reach the target) and the sweep (ASHA's max_t must cover every level any sampled rate needs).
 
 The whole network's density depends on the share of weights the output layer holds, which only a built
 model knows: `levels_to_reach` takes it, `levels_bound` holds whatever the share. `levels_needed`,
@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 from trainables.config import LEVELS_WITHOUT_TARGET, MAX_LEVELS, ConfigError, PruneConfig
 
 TOLERANCE = 1e-12  # "at or below the target", as the engine tests it
@@ -29,6 +31,15 @@ TOLERANCE = 1e-12  # "at or below the target", as the engine tests it
 def level_densities(rate: float, output_rate: float, level: int) -> tuple[float, float]:
     """(density of the other layers, density of the output layer) after `level` IMP levels."""
     return (1 - rate) ** level, (1 - rate * output_rate) ** level
+
+
+def output_density_for(density: float, rate: float, output_rate: float) -> float:
+    """The output layer's density matching an overall `density` reached by IMP at `rate` (the output layer at
+    its own rate): what pruning at init and Early-Bird give the output layer."""
+    if output_rate == 0 or density >= 1:
+        return 1.0
+    levels = math.log(density) / math.log(1 - rate)
+    return (1 - rate * output_rate) ** levels
 
 
 def density_after(level: int, rate: float, output_rate: float = 0.0, *, pool: float = 1.0,

@@ -1,7 +1,8 @@
 """Weight scorers for pruning (keep the highest score) and iterative pruning at initialisation.
 
 A scorer maps (model, mask, context) to one score tensor per mask entry; `masks.prune` turns scores into
-a mask. Formulas (DESIGN.md section 6):
+a mask. A scorer is one function here plus one line in `SCORERS` (its name registers itself as a valid
+`prune.scorer`). Formulas (DESIGN.md section 6):
 
 - magnitude: |w|.                      - random: N(0, 1) from the context's generator.
 - snip: |g * w| on one batch, g the gradient of the loss of the masked network (Lee et al. 2019); this
@@ -24,11 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trainables.config import ConfigError
+from trainables import config
 from trainables.pruning import masks
 from trainables.pruning.masks import Mask
+from trainables.tasks.base import Batch
+from trainables.typed import ConfigError, lookup
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 GRASP_TEMPERATURE = 200.0  # softens the logits so the gradient is not dominated by confident examples
 
 
@@ -129,12 +131,11 @@ def synflow(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.
 
 SCORERS: dict[str, Scorer] = {"magnitude": magnitude, "random": random, "snip": snip, "grasp": grasp,
                               "synflow": synflow}
+config.register_names("prune.scorer", SCORERS)
 
 
 def get(name: str) -> Scorer:
-    if name not in SCORERS:
-        raise ConfigError(f"prune.scorer: unknown value '{name}'; valid choices: {', '.join(SCORERS)}")
-    return SCORERS[name]
+    return lookup(SCORERS, "prune.scorer", name)
 
 
 def score(name: str, model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.Tensor]:

@@ -7,14 +7,16 @@ same batch; the loss is the sum of the members' mean losses, so each member's gr
 solo gradient. One optimizer over the stacked leaves is M independent optimizers: SGD (momentum, L2 decay),
 Adam and AdamW act elementwise and all members share one step count (bias correction included).
 Masks are stacked too: gradients are masked before the step and weights zeroed after it, as in
-`train._Stepper`. BatchNorm running statistics are stacked buffers updated in place under `vmap`.
+the one-by-one stepper (steppers.py). BatchNorm running statistics are stacked buffers updated in place
+under `vmap`. `Population` is a stepper of the one training loop (loop.py), which writes the stacked
+weights back into the members' models (`sync`) before anything reads them.
 
-Results match `train_members`' one-by-one loop within float32 rounding (batched matrix products sum in
-another order); members end up exactly as after that loop: weights and buffers written back, one history
-row per evaluation (each member evaluated with `task.evaluate`), snapshots, hooks at the same points.
+Results match one-by-one training within float32 rounding (batched matrix products sum in another order);
+members end up exactly as after it: weights and buffers written back, one history row per evaluation
+(each member evaluated with `task.evaluate`), snapshots, hooks at the same points.
 
-Which path runs is chosen in `train.train_members` through `try_population`, steered by the environment
-variable `TICKET_SEARCH_POPULATION`:
+Which stepper trains a level is chosen by `batched` (called by `loop.train_members`), steered by the
+environment variable `TICKET_SEARCH_POPULATION`:
   unset, "" or "auto"  batched when the task shares batches, the model batches and it pays: on a GPU from 2
                        members, on a CPU from 4 members of a model without convolutions (measured on one core:
                        a batched step costs ~1.3 ms more than one member's, so 2 lenet300 members run 0.8x as
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -41,14 +42,16 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from trainables.config import ConfigError, TrainConfig
-from trainables.tasks.registry import Batch, Task
-from trainables.training.loop import Hooks, Member, _capture, _evaluate, lr_at, make_optimizer
+from trainables.config import TrainConfig
+from trainables.tasks.base import Batch, Task
+from trainables.training.members import Member
+from trainables.training.optim import make_optimizer
+from trainables.typed import ConfigError
 
 ENV = "TICKET_SEARCH_POPULATION"
 MODES = {"": "auto", "auto": "auto", "1": "on", "true": "on", "on": "on", "0": "off", "false": "off",
          "off": "off"}
-log = logging.getLogger("trainables.population")
+log = logging.getLogger("trainables.population")  # a public name (users filter on it): kept where the module moved
 _warned: set[str] = set()  # fallback reasons already logged at WARNING in this process
 MIN_MEMBERS = {"cuda": 2, "cpu": 4}  # auto mode: fewest members worth one batched pass, per device type
 CPU_SLOW = (nn.Conv1d, nn.Conv2d, nn.Conv3d)  # auto mode on a CPU: layers that batch slower than one by one
@@ -86,9 +89,8 @@ def _signature(model: nn.Module) -> list[tuple[Any, ...]]:
     return [*params, *buffers, *((n, type(m)) for n, m in model.named_modules())]
 
 
-def try_population(members: list[Member], task: Task, cfg: TrainConfig, *, start: int, stop: int,
-                   capture_at: int | None = None, hooks: Hooks | None = None) -> int | None:
-    """Train batched and return the last iteration, or None (logged) when one-by-one must do it."""
+def batched(members: list[Member], task: Task, cfg: TrainConfig, *, start: int, stop: int) -> Population | None:
+    """The batched stepper for these members, or None (logged) when one-by-one must train them."""
     chosen = mode()
     if chosen == "off" or not members:
         return None
@@ -101,14 +103,15 @@ def try_population(members: list[Member], task: Task, cfg: TrainConfig, *, start
             log.debug("training %d members one by one: %s", len(members), why_not)
             return None
     try:
-        return train_population(members, task, cfg, start=start, stop=stop, capture_at=capture_at,
-                                hooks=hooks)
+        stepper = Population(members, task, cfg, start=start)
     except Unsupported as why:
         reason = f"{type(members[0].model).__name__}: {why}"
         level = logging.WARNING if reason not in _warned else logging.INFO
         _warned.add(reason)
         log.log(level, "training %d members one by one, not batched: %s", len(members), reason)
         return None
+    log.debug("training %d members batched from iteration %d to %d", len(members), start, stop)
+    return stepper
 
 
 def _not_worth_it(members: list[Member]) -> str:
@@ -123,45 +126,6 @@ def _not_worth_it(members: list[Member]) -> str:
     return ""
 
 
-def train_population(members: list[Member], task: Task, cfg: TrainConfig, *, start: int, stop: int,
-                     capture_at: int | None = None, hooks: Hooks | None = None,
-                     autocast: torch.dtype | None = None) -> int:
-    """`train.train_members` for members trained together; raises `Unsupported` before changing anything.
-
-    `autocast` (e.g. torch.bfloat16) runs the forward pass under `torch.autocast`: faster on GPUs, but
-    then the results no longer match float32 one-by-one training. Hooks see the members' models up to date
-    but must not change their weights: the stacked copies are what trains, written back one way.
-    """
-    check(members, task)
-    hooks = hooks or Hooks()
-    ipe = task.iters_per_epoch()
-    total = cfg.epochs * ipe
-    for m in members:
-        m.model.train()
-    pop = _Population(members, task, cfg, autocast, probe=task.batch(start))
-    log.debug("training %d members batched from iteration %d to %d", len(members), start, stop)
-    it = start
-    while it < stop:
-        if it == capture_at:
-            pop.write_back()
-            _capture(members)
-        if it % ipe == 0 and hooks.epoch_start:
-            pop.write_back()  # hooks read the members' models (Early-Bird scores their weights)
-            if hooks.epoch_start(it // ipe, members):
-                break
-        pop.step(task.batch(it), lr_at(it, total, cfg))
-        it += 1
-        if it % ipe == 0 or it == stop:
-            pop.write_back()
-            _evaluate(members, task, it, ipe)
-            if hooks.epoch_end:
-                hooks.epoch_end(math.ceil(it / ipe), it, members)
-    pop.write_back()
-    if it == capture_at:
-        _capture(members)
-    return it
-
-
 class _LossOf(nn.Module):
     """The task's loss as a module, so `functional_call` can swap the wrapped model's tensors."""
 
@@ -174,12 +138,20 @@ class _LossOf(nn.Module):
         return self.task_loss(self.model, batch)
 
 
-class _Population:
-    """Stacked weights, buffers, masks and one optimizer for M members; `write_back` copies them out."""
+class Population:
+    """The batched stepper: stacked weights, buffers, masks and one optimizer for M members; `sync` copies
+    them out. Raises `Unsupported` before changing anything when the members cannot share one pass.
 
-    def __init__(self, members: list[Member], task: Task, cfg: TrainConfig, autocast: torch.dtype | None, *,
-                 probe: Batch) -> None:
-        self.members = members
+    `autocast` (e.g. torch.bfloat16) runs the forward pass under `torch.autocast`: faster on GPUs, but then
+    the results no longer match float32 one-by-one training. Hooks see the members' models up to date but
+    must not change their weights: the stacked copies are what trains, written back one way."""
+
+    def __init__(self, members: list[Member], task: Task, cfg: TrainConfig, *, start: int = 0,
+                 autocast: torch.dtype | None = None) -> None:
+        check(members, task)
+        for m in members:
+            m.model.train()
+        self.members, self.task = members, task
         first = members[0].model
         self.device = next(first.parameters()).device
         self.autocast = autocast
@@ -192,10 +164,10 @@ class _Population:
         wrapper = _LossOf(first, task)
         self._losses = torch.vmap(lambda p, b, batch: functional_call(wrapper, (p, b), (batch,)),
                                   in_dims=(0, 0, None))
-        self._probe(probe)
+        self._probe(task.batch(start))
         self.opt = make_optimizer(nn.ParameterList(self.params.values()), cfg)  # fresh state every level
         self.masked, self.masks = self._stack_masks()
-        if self.masked:  # as train._zero_pruned: start from exactly zero pruned weights
+        if self.masked:  # as the one-by-one stepper: start from exactly zero pruned weights
             with torch.no_grad():
                 torch._foreach_mul_(self.masked, self.masks)
         self.dirty = True  # the members' own weights are not yet zeroed where pruned
@@ -264,7 +236,8 @@ class _Population:
         with torch.autocast(device_type=self.device.type, dtype=self.autocast):
             yield
 
-    def step(self, batch: Batch, lr: float) -> None:
+    def step(self, it: int, lr: float) -> None:
+        batch = self.task.batch(it)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
@@ -283,7 +256,7 @@ class _Population:
         self.dirty = True
 
     @torch.no_grad()
-    def write_back(self) -> None:
+    def sync(self) -> None:
         """Copy every member's slice of the stacked weights and buffers into its own model."""
         if self.dirty:
             torch._foreach_copy_(self._targets, self._sources)

@@ -1,8 +1,7 @@
-"""Datasets as normalised tensors on the training device: loading, splitting and augmentation.
+"""Classification datasets as normalised tensors on the training device: splitting and augmentation.
 
-This module owns every classification dataset behind the `data.*` keys (DESIGN.md section 4; the text
-corpus `pydoc` is corpus.py's, `gym:<EnvId>` environments envs.py's): where its examples come from,
-how the train/validation/test splits are carved, how inputs are normalised, and the tensor-only flip+crop
+This module owns what happens to a dataset's examples (datasets.py says where they come from): how the
+train/validation/test splits are carved, how inputs are normalised, and the tensor-only flip+crop
 augmentation the training loop applies per batch. Small datasets live whole on the device and
 are batched by index (DESIGN.md section 8), so a `Dataset` is plain tensors, never a DataLoader.
 
@@ -16,28 +15,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.config import ConfigError, DataConfig, parse_shape
+from trainables.config import DataConfig
+from trainables.tasks.base import TEST_FRACTION, TEST_SEED
+from trainables.tasks.classification.datasets import source
 
-TEST_FRACTION = 0.2  # digits and synthetic have no official test set: hold out this fraction
-TEST_SEED = 0  # fixed, so the test set does not move when data.seed changes the validation split
-SYNTHETIC_SEED = 0  # synthetic data is one fixed dataset per (shape, classes, size)
 CROP_PAD = 4  # pixels of zero padding around an image before its random crop (the CIFAR standard)
-AUGMENTED = ("cifar10", "cifar100")  # flips suit natural images, not digits (SVHN, MNIST)
-
-
-class DatasetMissing(ConfigError):
-    """A torchvision dataset is not on disk; the message names the folder and the keys to set."""
 
 
 @dataclass
@@ -75,127 +62,6 @@ class Dataset:
         test = self.test.to(device)
         val = test if self.val is self.test else self.val.to(device)  # keep one copy when shared
         return dataclasses.replace(self, train=self.train.to(device), val=val, test=test)
-
-
-class _Source(NamedTuple):
-    """Raw examples as a loader returns them: inputs (N, *shape) in any numeric dtype, int64 labels."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    x_test: torch.Tensor | None  # None: no official test set, carve TEST_FRACTION of x
-    y_test: torch.Tensor | None
-    num_classes: int
-
-
-# -- sources: every loader below is cached, so a second `load` in one process costs only the split ---
-
-
-@functools.lru_cache(maxsize=1)
-def _digits() -> _Source:
-    from sklearn.datasets import load_digits  # imported late: scikit-learn is slow to import
-
-    d = load_digits()  # ships with scikit-learn: 1797 images of 8x8 pixels valued 0..16
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1)
-    return _Source(x, torch.tensor(d.target, dtype=torch.int64), None, None, 10)
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist1d() -> _Source:
-    # make_dataset generates the published dataset offline (about 2 s); get_dataset would try the network.
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    d = make_dataset(get_dataset_args())
-    x, x_test = (torch.tensor(d[k], dtype=torch.float32) for k in ("x", "x_test"))
-    y, y_test = (torch.tensor(d[k], dtype=torch.int64) for k in ("y", "y_test"))
-    return _Source(x, y, x_test, y_test, 10)
-
-
-@functools.lru_cache(maxsize=4)
-def _synthetic(shape: tuple[int, ...], num_classes: int, size: int) -> _Source:
-    """Gaussian classes: a random mean per class plus unit noise, balanced, from a fixed seed.
-
-    Mean entries have scale 1.25 / dim**0.25 so that a linear model trained on a few thousand examples
-    reaches roughly 80-100% accuracy for 40 to 3072 input features: learnable, but not trivially.
-    """
-    g = torch.Generator().manual_seed(SYNTHETIC_SEED)
-    dim = math.prod(shape)
-    means = torch.randn(num_classes, dim, generator=g) * (1.25 * dim**-0.25)
-    y = torch.arange(size) % num_classes
-    x = means[y] + torch.randn(size, dim, generator=g)
-    return _Source(x.view(size, *shape), y, None, None, num_classes)
-
-
-@dataclass(frozen=True)
-class _Vision:
-    """How to read one torchvision dataset from `data.root` with torchvision's own class."""
-
-    cls: str  # class name in torchvision.datasets
-    folder: str  # where that class looks for its files, relative to data.root ("" = root itself)
-    layout: str  # axis order of the class's `.data` array: NHW, NHWC or NCHW
-    num_classes: int
-
-
-VISION: dict[str, _Vision] = {
-    "mnist": _Vision("MNIST", "MNIST/raw", "NHW", 10),
-    "fashion_mnist": _Vision("FashionMNIST", "FashionMNIST/raw", "NHW", 10),
-    "cifar10": _Vision("CIFAR10", "cifar-10-batches-py", "NHWC", 10),
-    "cifar100": _Vision("CIFAR100", "cifar-100-python", "NHWC", 100),
-    "svhn": _Vision("SVHN", "", "NCHW", 10),
-}
-_TO_NCHW: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "NHW": lambda t: t.unsqueeze(1),
-    "NHWC": lambda t: t.permute(0, 3, 1, 2),
-    "NCHW": lambda t: t,
-}
-
-
-def _read_vision(name: str, root: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One official split as (uint8 NCHW images, int64 labels), read through the arrays, not per item."""
-    import torchvision.datasets  # imported late: workers on vector data never pay for it
-
-    spec = VISION[name]
-    cls = getattr(torchvision.datasets, spec.cls)
-    split = {"split": "train" if train else "test"} if spec.cls == "SVHN" else {"train": train}
-    try:
-        ds = cls(root, download=download, **split)
-    except RuntimeError as err:  # torchvision: "Dataset not found [or corrupted]. You can use download=True"
-        if "not found" not in str(err):
-            raise
-        where = os.path.normpath(os.path.join(root, spec.folder))
-        raise DatasetMissing(f"data.name={name}: no dataset (or a corrupted one) at {where}; put it there, "
-                             f"set data.root to its folder, or set data.download=true") from err
-    labels = ds.labels if spec.cls == "SVHN" else ds.targets  # SVHN already maps its label 10 to 0
-    x = _TO_NCHW[spec.layout](torch.as_tensor(np.asarray(ds.data)))
-    return x.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-
-
-@functools.lru_cache(maxsize=2)
-def _vision(name: str, root: str, download: bool) -> _Source:
-    x, y = _read_vision(name, root, True, download)
-    x_test, y_test = _read_vision(name, root, False, download)
-    return _Source(x, y, x_test, y_test, VISION[name].num_classes)
-
-
-def _vision_loader(name: str) -> Callable[[DataConfig], _Source]:
-    def load_vision(cfg: DataConfig) -> _Source:  # an absolute root: the cache key and the error message
-        return _vision(name, os.path.abspath(os.path.expanduser(cfg.root)), cfg.download)
-
-    return load_vision
-
-
-SOURCES: dict[str, Callable[[DataConfig], _Source]] = {
-    "digits": lambda cfg: _digits(),
-    "mnist1d": lambda cfg: _mnist1d(),
-    "synthetic": lambda cfg: _synthetic(parse_shape(cfg.input_shape), cfg.num_classes, cfg.size),
-    **{n: _vision_loader(n) for n in VISION},
-}
-
-
-def source(name: str) -> Callable[[DataConfig], _Source]:
-    """The loader for `data.name`; an unknown name raises ConfigError listing the valid ones."""
-    if name not in SOURCES:
-        raise ConfigError(f"data.name: unknown value '{name}'; valid choices: {', '.join(SOURCES)}")
-    return SOURCES[name]
 
 
 # -- splitting and normalisation ------------------------------------------------------------------
@@ -247,7 +113,7 @@ def load(cfg: DataConfig, device: torch.device | str = "cpu") -> Dataset:
     train, test = norm(train), norm(test)
     val = test if val is None else norm(val)
     data = Dataset(name=cfg.name, input_shape=tuple(train.x.shape[1:]), num_classes=src.num_classes,
-                   train=train, val=val, test=test, augment=cfg.augment and cfg.name in AUGMENTED)
+                   train=train, val=val, test=test, augment=cfg.augment and src.augment)
     return data.to(device)
 
 

@@ -4,7 +4,7 @@
 help text for 3.11), so language-model tickets need no download. This module owns the corpus behind
 `data.name=pydoc`: which documents go to train/val/test (whole documents, never a document cut in two,
 so no validation text leaks into training), the vocabulary (`data.tokens`: characters, or words and
-punctuation) and the id tensors. The task (tasks_lm.py) cuts windows out of them.
+punctuation) and the id tensors. The task (task.py) cuts windows out of them.
 
 Splits mirror the classification datasets (data.py), counted in characters since the documents range
 from 0.2 to 62 thousand characters: documents in a fixed random order fill the test split up to 20% of
@@ -25,12 +25,14 @@ from __future__ import annotations
 import collections
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from trainables.config import ConfigError, DataConfig
-from trainables.tasks.classification.data import TEST_FRACTION, TEST_SEED
+from trainables.config import DataConfig
+from trainables.tasks.base import TEST_FRACTION, TEST_SEED
+from trainables.typed import lookup
 
 UNK = "<unk>"
 WORD = re.compile(r"\w+|[^\w\s]|\n")  # words, single punctuation marks, and line breaks (layout matters)
@@ -49,18 +51,29 @@ class Corpus:
     documents: dict[str, tuple[str, ...]]  # split -> names of its documents (pydoc topic keys)
 
 
-def _documents() -> dict[str, str]:
+def _pydoc() -> dict[str, str]:
     from pydoc_data.topics import topics  # imported late: only language-model workers need it
 
     return {name: topics[name] for name in sorted(topics)}
 
 
+# data.name -> its documents (name -> text): a corpus is a function plus one line here
+CORPORA: dict[str, Callable[[], dict[str, str]]] = {"pydoc": _pydoc}
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """How `data.tokens` cuts text, and how often a token must appear in training to get its own id."""
+
+    split: Callable[[str], list[str]]
+    min_count: int
+
+
+TOKENS: dict[str, Tokens] = {"char": Tokens(list, 1), "word": Tokens(WORD.findall, WORD_MIN_COUNT)}
+
+
 def tokenize(text: str, tokens: str) -> list[str]:
-    if tokens == "char":
-        return list(text)
-    if tokens == "word":
-        return WORD.findall(text)
-    raise ConfigError(f"data.tokens: unknown value '{tokens}'; valid choices: char, word")
+    return lookup(TOKENS, "data.tokens", tokens).split(text)
 
 
 def carve_documents(docs: dict[str, str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -77,8 +90,8 @@ def carve_documents(docs: dict[str, str], fraction: float, seed: int) -> tuple[l
 
 
 @functools.lru_cache(maxsize=4)
-def _build(tokens: str, val_fraction: float, seed: int) -> Corpus:
-    docs = _documents()
+def _build(name: str, tokens: str, val_fraction: float, seed: int) -> Corpus:
+    docs = CORPORA[name]()
     rest, test = carve_documents(docs, TEST_FRACTION, TEST_SEED)
     split: dict[str, list[str]] = {"test": test, "train": rest, "val": test}
     if val_fraction > 0:  # else, as for classification, the validation split is the test split
@@ -86,7 +99,7 @@ def _build(tokens: str, val_fraction: float, seed: int) -> Corpus:
     # Each document ends with a newline; joined as they are, a window may run from one into the next.
     text = {part: tokenize("".join(docs[n] for n in chosen), tokens) for part, chosen in split.items()}
     counts = collections.Counter(text["train"])
-    least = 1 if tokens == "char" else WORD_MIN_COUNT
+    least = TOKENS[tokens].min_count
     vocab = (UNK, *sorted(t for t, c in counts.items() if c >= least))
     index = {t: i for i, t in enumerate(vocab)}
 
@@ -99,6 +112,5 @@ def _build(tokens: str, val_fraction: float, seed: int) -> Corpus:
 
 def load_corpus(cfg: DataConfig) -> Corpus:
     """The corpus for `cfg` (cached per tokens, validation fraction and seed; tensors on the CPU)."""
-    if cfg.name != "pydoc":
-        raise ConfigError(f"data.name: '{cfg.name}' is not a text corpus; valid choices: pydoc")
-    return _build(cfg.tokens, cfg.val_fraction, cfg.seed)
+    lookup(CORPORA, "data.name", cfg.name)
+    return _build(cfg.name, cfg.tokens, cfg.val_fraction, cfg.seed)

@@ -2,8 +2,8 @@
 
 A batch is `train.batch_size` windows of `model.context` tokens starting at random offsets of the
 training text, and the targets are the same windows shifted by one token. The offsets of iteration `it`
-come from a generator seeded with (train.seed, it), so data order is a pure function of the iteration,
-as for classification: rewinding to k restores it and every member sees the same batch
+come from a generator seeded with (train.seed, it) (trainables/seeds.py: data_order), so data order is a
+pure function of the iteration, as for classification: rewinding to k restores it and every member sees the same batch
 (`shared_batches = True`). An epoch is as many iterations as it takes to draw as many tokens as the
 training text holds.
 
@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables import seeds
+from trainables.tasks.base import Batch
 from trainables.tasks.lm.corpus import Corpus
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 EVAL_WINDOWS = 256  # windows per evaluation forward pass: bounds memory (256 x 64 tokens x vocab logits)
 SCORE_SEED = 7_777  # windows for SNIP/GraSP: fixed, apart from any training iteration's seed
 SCORE_WINDOWS = 64
@@ -63,7 +64,7 @@ class LanguageModelling:
     def batch(self, it: int) -> Batch:
         if it != self._batch_it:  # every member of a level asks for it in turn
             self._batch_it = it
-            self._batch = self._windows(self._starts(self.seed * 1_000_003 + it, self.batch_size))
+            self._batch = self._windows(self._starts(seeds.data_order(self.seed, it), self.batch_size))
         return self._batch
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.config import GYM_PREFIX, ConfigError
+from trainables.typed import ConfigError
 
+GYM_PREFIX = "gym:"  # data.name=gym:<EnvId>: an RL policy on a gymnasium environment
 SUGGESTED = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0")  # classic control with discrete actions
 TRAIN_SEEDS = 10**9  # training episode seeds lie in [0, TRAIN_SEEDS)
 VAL_SEED, TEST_SEED = 10**9, 2 * 10**9  # evaluation episode i of a split uses seed base + i

@@ -1,4 +1,4 @@
-"""Policy networks for RL tickets: any vector model of the registry as the policy, beside a dense critic.
+"""The RL family's wrapper: any vector model of the registry as the policy, beside a dense critic.
 
 `ActorCritic(policy, critic)` maps observations (batch, *obs_shape) to (batch, actions + 1): the policy's
 action logits with the critic's state value appended as the last column. One output tensor keeps the
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from trainables.models.registry import MLP
+from trainables.models.mlp import MLP
 
 POLICY_HEAD_SCALE = 0.01  # initial policy output weights x this: near-uniform first actions
 

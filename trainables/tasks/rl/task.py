@@ -27,12 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables import seeds
 from trainables.config import RLConfig
+from trainables.tasks.base import Batch
 from trainables.tasks.rl import envs
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+ALGORITHMS = ("ppo", "reinforce")  # rl.algorithm: PPO's clipped surrogate, or REINFORCE with a baseline
 VALUE_COEF = 0.5  # weight of the critic's squared error in the loss (the usual choice for PPO and A2C)
 SCORE_ITER = -1  # the rollout seeds SNIP and GraSP score on: apart from every training iteration's
+ACTIONS, MINIBATCHES = 1, 2  # salts of a rollout's streams: (rollout, ACTIONS), (rollout, MINIBATCHES, epoch)
 
 
 @dataclass
@@ -78,7 +81,7 @@ class PolicyTask:
         return self.cfg.rollouts_per_epoch * self.updates
 
     def _seed(self, *parts: int) -> int:
-        return hash((self.seed, *parts)) % envs.TRAIN_SEEDS  # int tuples hash alike in every process
+        return seeds.derive(self.seed, *parts, below=envs.TRAIN_SEEDS)
 
     def env_seeds(self, it: int) -> list[int]:
         return [self._seed(it, j) for j in range(self.cfg.envs)]
@@ -91,7 +94,7 @@ class PolicyTask:
     @torch.no_grad()
     def _collect(self, model: nn.Module, pool: envs.EnvPool, obs: np.ndarray, rollout: int,
                  lam: float) -> tuple[Rollout, np.ndarray]:
-        g = torch.Generator().manual_seed(self._seed(rollout, 1))
+        g = torch.Generator().manual_seed(self._seed(rollout, ACTIONS))
         steps, n, gamma = self.steps_per_env, len(pool.envs), self.cfg.gamma
         cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "act", "logp", "value", "reward", "ended")}
         for _ in range(steps):
@@ -159,7 +162,7 @@ class PolicyTask:
         if self.cfg.algorithm == "reinforce":
             return self._objective(model, r, None)
         epoch, part = divmod(j, self.minibatches)
-        g = torch.Generator().manual_seed(self._seed(it // self.updates, 2, epoch))
+        g = torch.Generator().manual_seed(self._seed(it // self.updates, MINIBATCHES, epoch))
         idx = torch.randperm(len(r.actions), generator=g)[part * self.minibatch:(part + 1) * self.minibatch]
         idx = idx.to(r.actions.device)
         mini = Rollout(r.obs[idx], r.actions[idx], r.logp[idx], r.advantages[idx], r.returns[idx])
