@@ -28,7 +28,7 @@ import torch
 from rich.console import Console
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Row, machine
+from benchmarks.common import Row, Sizes, machine, markdown, table
 from benchmarks.engine import path
 from trainables.config import Ticket
 from trainables.lottery import Lottery
@@ -121,7 +121,6 @@ def packing(trials: int, epochs: int) -> list[Row]:
     """The same sweep at resources.gpu 1 vs 0.25; each trial trains 8 members (4 replicates + reinit) batched."""
     import ray
 
-    from benchmarks.run import Sizes
     from benchmarks.service import sweep_doc, timed_sweep  # imported late: Ray and MLflow only here
 
     sizes = Sizes(reps=1, long_reps=1, imp_epochs=epochs, population_epochs=epochs, sweep_trials=trials,
@@ -164,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         rows += throughput(device, counts, args.bf16, args.peak_tflops, args.steps)
     if "packing" in parts and device.type == "cuda":
         rows += packing(args.trials, args.epochs)
-    from benchmarks.run import markdown, table
 
     Console(width=150).print(table(rows))
     if args.out:

@@ -128,7 +128,11 @@ def _read(raw: Any, tp: Any, strict: bool) -> Any:
     if tp is float:
         return float(raw)
     if tp is str:
-        if not isinstance(raw, str) and (strict or not isinstance(raw, int | float)):
+        if strict:  # a sweep entry: text as written (a name with a stray space is refused, not trimmed)
+            if not isinstance(raw, str):
+                raise ValueError
+            return raw
+        if not isinstance(raw, str | int | float):
             raise ValueError
         return str(raw).strip()
     raise NotImplementedError(f"unsupported field type {tp!r}")  # a new field type: teach `_read` it

@@ -1,8 +1,9 @@
 """`ticket-search best | export | compare | plot`: read tickets back out of MLflow, print with rich.
 
 Each verb is `<verb>_command(args) -> int` over an argparse Namespace; `add_parsers(sub)` adds all four
-subparsers and sets `args.handler` to the verb's function. User mistakes raise `ConfigError`, which
-`search.cli.main` prints as `error: ...` with exit code 2. JSON goes to stdout unwrapped, so it pipes.
+subparsers and sets `args.handler` to the verb's function, which the CLI's one dispatch calls. User
+mistakes raise `ConfigError`, which `search.cli.main` prints as `error: ...` with exit code 2. JSON goes to
+stdout unwrapped, so it pipes.
 
 Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
 `sqlite:///<cwd>/runs/mlflow.db`):
@@ -26,7 +27,7 @@ from search.cli.console import console as make_console
 from trainables.tasks.registry import score_meaning
 
 if TYPE_CHECKING:
-    from search.results.export import MaskComparison
+    from search.results.compare import MaskComparison
     from search.results.query import TicketRecord
 
 # MLflow and matplotlib are imported inside each verb: `add_parsers` runs on every CLI start, and
@@ -72,7 +73,8 @@ def best_table(records: list[TicketRecord], title: str) -> Table:
 
 
 def best_command(args: argparse.Namespace) -> int:
-    from search.results.query import PARETO, best_tickets, sweep_objective
+    from search.results.query import best_tickets, sweep_objective
+    from search.sweep import objectives
 
     records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
                            dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top)
@@ -84,9 +86,10 @@ def best_command(args: argparse.Namespace) -> int:
         where = f"sweep '{args.sweep}'" if args.sweep else "any sweep"
         console.print(f"No ticket runs in {where} match these filters yet.")
         return 0
-    pareto = args.sweep is not None and sweep_objective(args.tracking_uri, args.sweep) == PARETO
-    title = (f"Pareto front of '{args.sweep}' (val score vs sparsity)" if pareto else
-             f"Best tickets{f' of {args.sweep!r}' if args.sweep else ''} by validation score")
+    if args.sweep is not None:
+        title = objectives.get(sweep_objective(args.tracking_uri, args.sweep)).title.format(sweep=args.sweep)
+    else:
+        title = "Best tickets by validation score"
     console.print(best_table(records, title))
     console.print("val = validation score (ranks tickets: accuracy, minus the perplexity of a language model, "
                   "a policy's mean return); test = the same score on the test split, shown, never used to rank.")
@@ -98,7 +101,7 @@ def export_command(args: argparse.Namespace) -> int:
 
     out = export_ticket(args.run_id, args.out, args.tracking_uri)
     make_console().print(f"exported ticket {args.run_id} to {out.resolve()} "
-                    f"(load it with trainables.ticketio.load_ticket)")
+                    f"(load it with trainables.io.ticketio.load_ticket)")
     return 0
 
 
@@ -116,7 +119,7 @@ def compare_table(c: MaskComparison) -> Table:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from search.results.export import compare_tickets
+    from search.results.compare import compare_tickets
 
     comparison = compare_tickets(args.run_a, args.run_b, args.tracking_uri)
     if args.json:

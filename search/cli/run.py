@@ -11,6 +11,7 @@ from rich.table import Table
 
 from search.cli.console import console as make_console
 from search.sweep.overrides import load_ticket
+from trainables import paths
 from trainables.config import ConfigError, Ticket
 from trainables.io import checkpoint
 from trainables.io.checkpoint import State
@@ -48,8 +49,9 @@ def level_table(results: list[LevelResult]) -> Table:
     return table
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="one ticket search on this machine, no Ray")
+    run.set_defaults(handler=run_command)
     run.add_argument("ticket", nargs="?", help="TOML file with [data]/[model]/[train]/[prune] keys")
     run.add_argument("--set", dest="sets", nargs="+", action="extend", metavar="KEY=VALUE",
                      help="override keys, e.g. --set prune.rate=0.5 prune.controls=shuffle,reinit")
@@ -65,14 +67,14 @@ def run_command(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve() if args.out else None
     ticket = load_ticket(args.ticket, args.sets)
     if ticket.prune.init_mask.startswith("runs:"):  # ticket transfer from a tracked run
-        from search.results.export import resolve_init_mask
+        from search.results.transfer import resolve_init_mask
 
         ticket = resolve_init_mask(ticket, args.tracking_uri)
     state: State | None = None
     if args.resume:
-        if out is None or not (out / "checkpoint" / "state.json").is_file():
+        if out is None or not (out / paths.CHECKPOINT_DIR / paths.STATE_JSON).is_file():
             raise ConfigError("--resume: needs --out pointing at a folder with a checkpoint/ from an earlier run")
-        state = checkpoint.load(out / "checkpoint")
+        state = checkpoint.load(out / paths.CHECKPOINT_DIR)
     lottery = Lottery(ticket, state=state)
     lottery.require_target_reached()  # prune.levels and prune.target_density both given: they must agree
     p = ticket.prune
@@ -97,10 +99,10 @@ def run_command(args: argparse.Namespace) -> int:
                                    f"val acc {100 * result.val_acc:.2f}%  test acc {100 * result.test_acc:.2f}%")
             if out is not None:
                 write_results(out, ticket.flat(), lottery.state.results, lottery.state.early_bird_epoch)
-                checkpoint.save(lottery.state, out / "checkpoint")
+                checkpoint.save(lottery.state, out / paths.CHECKPOINT_DIR)
     console.print(level_table(lottery.state.results))
     if lottery.state.early_bird_epoch is not None:
         console.print(early_bird_line(lottery.state.early_bird_epoch, p.early_bird))
     if out is not None:
-        console.print(f"results: {out / 'results.json'}  masks: {out / 'masks'}")
+        console.print(f"results: {out / paths.RESULTS_JSON}  masks: {out / paths.MASKS_DIR}")
     return 0

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from search.cli.console import console as make_console
+from search.sweep import objectives
+from search.sweep.storage import DEFAULT_ROOT
 
 if TYPE_CHECKING:
     from search.tune.runner import SweepOutcome
@@ -15,14 +17,16 @@ if TYPE_CHECKING:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sw = sub.add_parser("sweep", help="Optuna-guided Ray Tune sweep of ticket searches, tracked in MLflow")
+    sw.set_defaults(handler=sweep_command)
     sw.add_argument("sweep_file", help="sweep TOML file, e.g. sweeps/digits.toml")
     sw.add_argument("--set", dest="sets", nargs="+", action="extend", metavar="KEY=VALUE",
                     help="override any entry: ticket keys (prune.rate=0.3) or sweep entries "
                          "(budget.num_samples=4, scheduler.name=none, storage.tracking_uri=...)")
     sw.add_argument("--smoke", action="store_true", help="shrink the sweep to a one-minute run")
     re = sub.add_parser("resume", help="continue an interrupted sweep")
+    re.set_defaults(handler=resume_command)
     re.add_argument("name", help="the sweep's name")
-    re.add_argument("--root", default="runs", help="the sweep's storage root (default: runs)")
+    re.add_argument("--root", default=DEFAULT_ROOT, help=f"the sweep's storage root (default: {DEFAULT_ROOT})")
 
 
 def _finish(console: Console, outcome: SweepOutcome) -> int:
@@ -37,7 +41,7 @@ def _finish(console: Console, outcome: SweepOutcome) -> int:
                   f"{rec.levels_recorded}{written}")
     for missing in rec.missing:
         console.print(f"[red]not recorded[/]: {missing}")
-    _best(s.name, s.tracking_uri, s.target_density if s.objective == "accuracy_at_density" else None)
+    _best(s.name, s.tracking_uri, s.target_density if objectives.get(s.objective).targets_density else None)
     png = plot_sweep(s.name, s.tracking_uri)
     if png is not None:
         console.print(f"plot: {png}")

@@ -24,15 +24,14 @@ from search.results.query import (
     default_tracking_uri,
     experiment_id,
     parent_run,
-    pareto_front,
     sweep_tickets,
     tracking_root,
 )
+from search.sweep.objectives import pareto_front
+from search.tracking import schema as S
 from trainables.config import ConfigError
 from trainables.tasks.registry import score_meaning
 
-ARTIFACT_DIR = "plots"
-ARTIFACT_NAME = "accuracy_vs_sparsity.png"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -42,7 +41,7 @@ def safe_name(name: str) -> str:
 
 
 def default_path(sweep: str, tracking_uri: str) -> Path:
-    return tracking_root(tracking_uri) / "plots" / f"{safe_name(sweep)}.png"
+    return tracking_root(tracking_uri) / S.PLOT_DIR / f"{safe_name(sweep)}.png"
 
 
 def draw(records: list[TicketRecord], title: str, out: Path) -> None:
@@ -74,7 +73,8 @@ def draw(records: list[TicketRecord], title: str, out: Path) -> None:
 
 def plot_sweep(sweep: str, tracking_uri: str | None = None, out: str | Path | None = None) -> Path | None:
     """Draw the sweep's tickets, write the PNG (default `<tracking root>/plots/<sweep>.png`) and log it
-    to the parent run as `plots/accuracy_vs_sparsity.png`. None when the sweep has no ticket runs yet."""
+    to the parent run as `plots/accuracy_vs_sparsity.png` (tracking/schema.py). None when the sweep has no
+    ticket runs yet."""
     uri = tracking_uri or default_tracking_uri()
     records = sweep_tickets(uri, sweep)
     if not records:
@@ -88,7 +88,7 @@ def plot_sweep(sweep: str, tracking_uri: str | None = None, out: str | Path | No
         raise ConfigError(f"sweep '{sweep}' has no parent run (tags.kind = 'sweep') to log the plot to")
     draw(records, f"{sweep}: {len(records)} tickets", path)
     with tempfile.TemporaryDirectory(prefix="ticket-plot-") as tmp:
-        named = Path(tmp) / ARTIFACT_NAME
+        named = Path(tmp) / S.PLOT_ARTIFACT
         shutil.copyfile(path, named)
-        client.log_artifact(parent.info.run_id, str(named), ARTIFACT_DIR)
+        client.log_artifact(parent.info.run_id, str(named), S.PLOT_DIR)
     return path

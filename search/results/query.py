@@ -4,8 +4,9 @@ Only ticket runs count as tickets (`tags.kind = 'ticket' and tags.member = 'tick
 (member reinit/shuffle/random of the same trial run and level) become the ticket's margin over each
 control. Ranking uses the validation score; test accuracy is carried along and never used to rank.
 
-For a sweep whose parent run has param `objective = pareto` the answer is the Pareto front over
-(val_score, sparsity), both maximised, sorted by sparsity; any other sweep is ranked by val_score.
+A sweep's objective, as its parent run recorded it, ranks its tickets (search/sweep/objectives.py): a
+`pareto` sweep answers with the Pareto front over (val_score, sparsity), both maximised, sorted by
+sparsity; an `accuracy_at_density` sweep ranks by val_score the tickets at its target density.
 
 Example:
     >>> for r in best_tickets("sqlite:///runs/mlflow.db", sweep="digits", max_density=0.2, top=3):
@@ -17,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,14 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from search.sweep import objectives
+from search.sweep.storage import DEFAULT_ROOT, MLFLOW_DB
 from search.tracking import schema as S
+from search.tracking import store
 from trainables.config import ConfigError, Ticket
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow run ids: uuid4 hex
 SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:+\-]{1,200}")  # tag values we put inside a filter string
-PARENT_TAG = "mlflow.parentRunId"
-PARETO = "pareto"
-PAGE = 1000  # MLflow's largest search page
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class TicketRecord:
 
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else the embedded store `./runs/mlflow.db` (absolute)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve()}/runs/mlflow.db"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / DEFAULT_ROOT / MLFLOW_DB}"
 
 
 def tracking_root(tracking_uri: str) -> Path:
@@ -120,19 +120,9 @@ def get_ticket_run(client: MlflowClient, run_id: str) -> Run:
 def experiment_id(client: MlflowClient, sweep: str) -> str:
     exp = client.get_experiment_by_name(sweep)
     if exp is None or exp.lifecycle_stage != "active":
-        known = sorted(e.name for e in _experiments(client))
+        known = sorted(e.name for e in store.experiments(client))
         raise ConfigError(f"unknown sweep '{sweep}'; known sweeps: {', '.join(known) or 'none'}")
     return str(exp.experiment_id)
-
-
-def _experiments(client: MlflowClient) -> Iterator[Any]:
-    token = None
-    while True:
-        page = client.search_experiments(max_results=PAGE, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def parent_run(client: MlflowClient, exp_id: str) -> Run | None:
@@ -143,14 +133,15 @@ def parent_run(client: MlflowClient, exp_id: str) -> Run | None:
 
 
 def objective(client: MlflowClient, exp_id: str) -> str:
+    """The sweep's objective as its parent run recorded it (the default objective when unrecorded)."""
     parent = parent_run(client, exp_id)
-    return parent.data.params.get("objective", "accuracy_at_density") if parent else "accuracy_at_density"
+    return parent.data.params.get(S.PARAM_OBJECTIVE, objectives.DEFAULT) if parent else objectives.DEFAULT
 
 
 def target_density(client: MlflowClient, exp_id: str) -> float | None:
     """The density an `accuracy_at_density` sweep aims at, as its parent run recorded it (a hair above)."""
     parent = parent_run(client, exp_id)
-    raw = parent.data.params.get("target_density", "None") if parent else "None"
+    raw = parent.data.params.get(S.PARAM_TARGET, "None") if parent else "None"
     try:
         return float(raw) + 1e-9
     except ValueError:
@@ -158,25 +149,9 @@ def target_density(client: MlflowClient, exp_id: str) -> float | None:
 
 
 def sweep_objective(tracking_uri: str | None, sweep: str) -> str:
-    """The sweep's objective as its parent run recorded it (`accuracy_at_density` when unrecorded)."""
+    """The sweep's objective as its parent run recorded it (the default objective when unrecorded)."""
     client = client_for(tracking_uri)
     return objective(client, experiment_id(client, sweep))
-
-
-def search_all(client: MlflowClient, exp_ids: list[str], filter_string: str, *, order_by: list[str],
-               limit: int | None = None) -> list[Run]:
-    """Every run matching (up to `limit`), following MLflow's page tokens."""
-    runs: list[Run] = []
-    token = None
-    while limit is None or len(runs) < limit:
-        size = PAGE if limit is None else min(PAGE, limit - len(runs))
-        page = client.search_runs(exp_ids, filter_string, max_results=size, order_by=order_by,
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    return runs
 
 
 def _tag_clause(tag: str, value: str | None) -> list[str]:
@@ -206,7 +181,7 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
     m, tags = run.data.metrics, run.data.tags
     density = m.get("density", math.nan)
     return TicketRecord(
-        run_id=run.info.run_id, trial_run_id=tags.get(PARENT_TAG, ""), sweep=tags.get(S.TAG_SWEEP, ""),
+        run_id=run.info.run_id, trial_run_id=tags.get(S.PARENT_TAG, ""), sweep=tags.get(S.TAG_SWEEP, ""),
         level=int(m.get("level", tags.get(S.TAG_LEVEL, -1))), density=density,
         sparsity=m.get("sparsity", 1.0 - density), val_score=m.get("val_score", math.nan),
         val_acc=m.get("val_acc", math.nan), test_acc=m.get("test_acc", math.nan),
@@ -219,15 +194,15 @@ def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run
     """ticket run id -> {control: margin}, from one query for every control run of these experiments."""
     if not any(r.data.params.get("prune.controls") for r in tickets):
         return {}
-    controls = search_all(client, exp_ids, ticket_filter(**{**filters, "max_density": None}, controls=True),
-                          order_by=["attributes.start_time ASC"])
+    controls = store.search_all(client, exp_ids, ticket_filter(**{**filters, "max_density": None}, controls=True),
+                                order_by=["attributes.start_time ASC"])
     by_key: dict[tuple[str, str], dict[str, float]] = {}
     for c in controls:  # later duplicates (a restarted trial) win
-        key = (c.data.tags.get(PARENT_TAG, ""), c.data.tags.get(S.TAG_LEVEL, ""))
+        key = (c.data.tags.get(S.PARENT_TAG, ""), c.data.tags.get(S.TAG_LEVEL, ""))
         by_key.setdefault(key, {})[c.data.tags[S.TAG_MEMBER]] = c.data.metrics.get("val_score", math.nan)
     out = {}
     for t in tickets:
-        found = by_key.get((t.data.tags.get(PARENT_TAG, ""), t.data.tags.get(S.TAG_LEVEL, "")), {})
+        found = by_key.get((t.data.tags.get(S.PARENT_TAG, ""), t.data.tags.get(S.TAG_LEVEL, "")), {})
         score = t.data.metrics.get("val_score", math.nan)
         out[t.info.run_id] = {name: score - v for name, v in sorted(found.items())}
     return out
@@ -236,67 +211,37 @@ def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run
 def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
                  max_density: float | None = None, dataset: str | None = None, scorer: str | None = None,
                  model: str | None = None, top: int | None = 10) -> list[TicketRecord]:
-    """The best ticket runs: ranked by val_score (descending), or a pareto sweep's front.
+    """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
     One `search_runs` query selects the tickets (filters and ranking done by MLflow); a second one
     fetches the control runs when any ticket has controls. `sweep=None` searches every experiment and
-    ranks; with a sweep and no `max_density`, an `accuracy_at_density` sweep's own target density filters.
-    `top` caps a ranked list; a Pareto front comes whole (cutting it would hide one end of the
-    trade-off).
+    ranks by val_score; with a sweep and no `max_density`, an objective that targets a density filters by
+    the sweep's own. `top` caps a ranked list; a ranking that needs every ticket (a Pareto front) comes
+    whole (cutting it would hide one end of the trade-off).
     """
     if top is not None and top < 1:
         raise ConfigError(f"--top: need a positive count, got {top}")
     client = client_for(tracking_uri)
     filters: dict[str, Any] = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model}
+    ranking = objectives.get(objectives.DEFAULT)  # across sweeps: by val_score
     if sweep is not None:
         exp_ids = [experiment_id(client, sweep)]
-        pareto = objective(client, exp_ids[0]) == PARETO
-        if max_density is None and not pareto:  # a sweep's best tickets are those at its target density
+        ranking = objectives.get(objective(client, exp_ids[0]))
+        if max_density is None and ranking.targets_density:  # a sweep's best tickets are those at its target
             filters["max_density"] = target_density(client, exp_ids[0])
     else:
-        exp_ids, pareto = [str(e.experiment_id) for e in _experiments(client)], False
+        exp_ids = [str(e.experiment_id) for e in store.experiments(client)]
     if not exp_ids:
         return []
-    runs = search_all(client, exp_ids, ticket_filter(**filters), order_by=["metrics.val_score DESC"],
-                      limit=None if pareto else top)
+    runs = store.search_all(client, exp_ids, ticket_filter(**filters), order_by=["metrics.val_score DESC"],
+                            limit=None if ranking.whole else top)
     margins = _control_margins(client, exp_ids, runs, filters)
-    records = [to_record(r, margins.get(r.info.run_id)) for r in runs]
-    return pareto_front(records) if pareto else records
+    return ranking.rank([to_record(r, margins.get(r.info.run_id)) for r in runs])
 
 
 def sweep_tickets(tracking_uri: str | None, sweep: str) -> list[TicketRecord]:
     """Every ticket run of a sweep (no controls), best val_score first."""
     client = client_for(tracking_uri)
-    runs = search_all(client, [experiment_id(client, sweep)], ticket_filter(),
-                      order_by=["metrics.val_score DESC"])
+    runs = store.search_all(client, [experiment_id(client, sweep)], ticket_filter(),
+                            order_by=["metrics.val_score DESC"])
     return [to_record(r) for r in runs]
-
-
-def dominates(a: TicketRecord, b: TicketRecord) -> bool:
-    """`a` is at least as good as `b` on val_score and sparsity and better on one of them."""
-    return (a.val_score >= b.val_score and a.sparsity >= b.sparsity
-            and (a.val_score > b.val_score or a.sparsity > b.sparsity))
-
-
-def pareto_front(records: Iterable[TicketRecord]) -> list[TicketRecord]:
-    """Non-dominated records over (val_score, sparsity), both maximised, sorted by sparsity (ascending).
-
-    Records without a finite val_score or sparsity are left out. Equal points are all kept.
-    """
-    pool = [r for r in records if math.isfinite(r.val_score) and math.isfinite(r.sparsity)]
-    # Sweep from the sparsest down: a record survives when no sparser-or-equal one scores at least as
-    # well with a strict gain somewhere. Sorting makes this O(n log n) instead of all pairs.
-    pool.sort(key=lambda r: (-r.sparsity, -r.val_score))
-    front: list[TicketRecord] = []
-    best = -math.inf  # best val_score among strictly sparser records seen so far
-    i = 0
-    while i < len(pool):
-        j = i
-        while j < len(pool) and pool[j].sparsity == pool[i].sparsity:
-            j += 1
-        top_score = pool[i].val_score  # the group is sorted by val_score descending
-        if top_score > best:
-            front += [r for r in pool[i:j] if r.val_score == top_score]
-            best = top_score
-        i = j
-    return sorted(front, key=lambda r: (r.sparsity, -r.val_score))

@@ -1,5 +1,5 @@
-"""The search space of a sweep handed to Optuna: `Dim`, a define-by-run function, the sampler, and the
-ticket a trial's parameters describe. (search/spacefile.py reads and checks `[space]` tables.)
+"""The search space of a sweep: `Dim`, clipping a space for a smoke run, and the values a key can take.
+(spacefile.py reads and checks `[space]` tables; search/tune/searcher.py hands the space to Optuna.)
 
 A dim is a float/int range over one dotted Ticket key (optionally log-scaled or stepped) or a list of
 choices. A dim with `when` is sampled only when every condition key's current value (sampled earlier in
@@ -7,29 +7,20 @@ this trial, else the base ticket's) is one of its allowed values, so `prune.rewi
 for `prune.method = imp`. Parameter names are the dotted keys, as everywhere else.
 
 Example:
-    >>> import optuna
-    >>> from search.sweepfile import load_sweep
+    >>> from search.sweep.file import load_sweep
     >>> sweep = load_sweep("sweeps/mnist1d.toml")
-    >>> study = optuna.create_study(sampler=sampler(sweep), direction="maximize")
-    >>> trial = study.ask()
-    >>> define_by_run(sweep)(trial)
-    >>> ticket = config_of(trial.params, sweep)
+    >>> upper(sweep.space, sweep.base, "train.epochs") >= sweep.base.train.epochs
+    True
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import optuna
-
-from trainables.config import ConfigError, Ticket
-
-if TYPE_CHECKING:
-    from search.sweep.file import Sweep
+from trainables.config import Ticket
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ def clip_space(dims: tuple[Dim, ...], caps: Mapping[str, int]) -> tuple[tuple[Di
             single = len(new.choices) == 1
             value = new.choices[0]
         else:
-            low, high = min(_bound(dim.low), cap), min(_bound(dim.high), cap)
+            low, high = min(bound(dim.low), cap), min(bound(dim.high), cap)
             if dim.step:  # keep high - low a multiple of the step
                 high = low + math.floor((high - low) / dim.step) * dim.step
             new, single, value = replace(dim, low=low, high=high), low >= high, low
@@ -101,7 +92,7 @@ def _cap(value: Any, cap: int) -> Any:
     return min(value, cap) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
-def _bound(value: float | None) -> float:
+def bound(value: float | None) -> float:
     if value is None:
         raise ValueError("a range dim without bounds")
     return value
@@ -115,7 +106,7 @@ def values(dims: tuple[Dim, ...], base: Ticket, key: str) -> list[float]:
     for dim in dims:
         if dim.key == key:
             out += ([float(c) for c in dim.choices if c is not None] if dim.kind == "categorical"
-                    else [_bound(dim.low), _bound(dim.high)])
+                    else [bound(dim.low), bound(dim.high)])
     return out
 
 
@@ -127,81 +118,3 @@ def upper(dims: tuple[Dim, ...], base: Ticket, key: str) -> float:
 def lower(dims: tuple[Dim, ...], base: Ticket, key: str) -> float:
     """The smallest value `key` can take in any trial (base value or any dim's low or choice)."""
     return min(values(dims, base, key))
-
-
-# ---- Optuna ------------------------------------------------------------------------------------------
-
-def define_by_run(sweep: Sweep) -> Callable[[optuna.Trial], dict[str, Any] | None]:
-    """A define-by-run space for `OptunaSearch`: suggests each dim in file order, skipping dims whose
-    `when` does not hold, and returns None (the base ticket supplies every other key)."""
-    dims = sweep.space
-    base = {key: _scalar(value) for key, value in sweep.base.flat().items()}
-
-    def space(trial: optuna.Trial) -> dict[str, Any] | None:
-        current = dict(base)
-        for dim in dims:
-            if dim.holds(current):
-                current[dim.key] = suggest(trial, dim)
-        return None
-
-    return space
-
-
-def _scalar(value: Any) -> Any:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else value
-
-
-def suggest(trial: optuna.Trial, dim: Dim) -> Any:
-    """One Optuna suggestion for `dim` (keyword arguments, as Optuna 5 wants)."""
-    if dim.kind == "categorical":
-        return trial.suggest_categorical(name=dim.key, choices=list(dim.choices))
-    low, high = _bound(dim.low), _bound(dim.high)
-    if dim.kind == "int":
-        return trial.suggest_int(name=dim.key, low=int(low), high=int(high), step=int(dim.step or 1),
-                                 log=dim.log)
-    return trial.suggest_float(name=dim.key, low=low, high=high, step=dim.step, log=dim.log)
-
-
-def _tpe(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    if not any(dim.when for dim in sweep.space):
-        # Optuna 5 defaults: multivariate for one objective, constant liar for parallel trials
-        return optuna.samplers.TPESampler(seed=sweep.seed)
-    # Conditional spaces: group decomposition lets multivariate TPE model each branch (imp / init)
-    # jointly instead of falling back to independent sampling for the conditional keys.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=sweep.seed, multivariate=True, group=True)
-
-
-def _gp(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    from optuna.samplers import GPSampler  # needs torch and scipy when it samples
-
-    return GPSampler(seed=sweep.seed)
-
-
-def _nsga2(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    # Optuna's default population (50) exceeds small budgets, which would make NSGA-II pure random
-    # search; a quarter of the budget gives a few generations.
-    population = min(50, max(4, sweep.num_samples // 4))
-    return optuna.samplers.NSGAIISampler(seed=sweep.seed, population_size=population)
-
-
-SAMPLERS: dict[str, Callable[[Sweep], optuna.samplers.BaseSampler]] = {
-    "tpe": _tpe,
-    "random": lambda sweep: optuna.samplers.RandomSampler(seed=sweep.seed),
-    "gp": _gp,
-    "nsga2": _nsga2,
-}
-
-
-def sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler the sweep names, seeded with its seed."""
-    if sweep.sampler not in SAMPLERS:
-        raise ConfigError(f"[search] sampler: unknown value '{sweep.sampler}'; "
-                          f"valid choices: {', '.join(SAMPLERS)}")
-    return SAMPLERS[sweep.sampler](sweep)
-
-
-def config_of(trial_params: Mapping[str, Any], sweep: Sweep) -> Ticket:
-    """The ticket one trial searches: the base with the trial's sampled keys."""
-    return sweep.base.replace(**trial_params)

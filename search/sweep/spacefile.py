@@ -14,16 +14,14 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import types
-import typing
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 from search.sweep.space import Dim
-from trainables.config import KEYS, SECTIONS, ConfigError, Ticket, from_nested
+from trainables.config import KEYS, Ticket, from_nested, key_type
+from trainables.typed import ConfigError, finite
 
 KINDS = ("float", "int", "categorical")
 _FIELDS = {"float": ("type", "low", "high", "log", "step", "when"),
@@ -47,6 +45,11 @@ def parse_space(table: Any, base: Ticket, *, skip: Collection[str] = ()) -> tupl
         except ConfigError as e:
             raise ConfigError(f"[space] {json.dumps(key)}: {e}") from e
     return tuple(dims)
+
+
+def searched_keys(table: Any, *, skip: Collection[str] = ()) -> set[str]:
+    """The keys a `[space]` table searches (before any of its entries is checked)."""
+    return {key for key, _ in _entries(table) if key not in skip} if isinstance(table, dict) else set()
 
 
 def _entries(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -107,18 +110,9 @@ def _choices(raw: Any, key: str, base: Ticket) -> tuple[Any, ...]:
     return tuple(out)
 
 
-@functools.cache
-def _key_type(key: str) -> Any:
-    section, name = key.split(".", 1)
-    tp = typing.get_type_hints(SECTIONS[section])[name]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # `float | None`
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp
-
-
 def _range(spec: Mapping[str, Any], key: str, kind: str, base: Ticket,
            when: tuple[tuple[str, tuple[Any, ...]], ...]) -> Dim:
-    tp = _key_type(key)
+    tp = key_type(key)
     if tp not in (int, float) or (kind == "float" and tp is int):
         need = "type = \"int\" or a list of choices" if tp is int else "a list of choices"
         raise ConfigError(f"a {kind} range needs a {'float' if kind == 'float' else 'numeric'} key; "
@@ -147,14 +141,6 @@ def _number(spec: Mapping[str, Any], name: str, kind: str) -> Any:
         return float(raw)
     what = "an integer" if kind == "int" else "a finite number"
     raise ConfigError(f"{name}: expected {what}, got {raw!r}")
-
-
-def finite(value: float) -> bool:
-    """math.isfinite that also says False for integers too large for a float."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _check_range(kind: str, low: float, high: float, log: bool, step: float | None) -> None:

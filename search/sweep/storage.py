@@ -3,7 +3,8 @@
 Storage entries resolve to absolute paths and full URIs before Ray starts (trials run with their cwd in
 a Ray trial folder, and Ray wants an absolute storage path). Empty entries take the embedded defaults
 under `[storage] root`: MLflow `sqlite:///<root>/mlflow.db` with `<root>/artifacts`, the Optuna journal
-`<root>/optuna/<name>.journal` and Ray results in `<root>/ray`. `dump_toml` writes a
+`<root>/optuna/<name>.journal` and Ray results in `<root>/ray`; the resolved sweep itself is recorded in
+`<root>/sweeps/<name>.json` (what `resume` reads). `dump_toml` writes a
 `Sweep.to_toml_dict()` document as TOML text, since the standard library reads TOML but cannot write it.
 """
 
@@ -15,8 +16,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from trainables.config import ConfigError
+from trainables.typed import ConfigError
 
+DEFAULT_ROOT = "runs"  # [storage] root, and where the CLI looks for a store when told nothing
+MLFLOW_DB, ARTIFACTS_DIR, OPTUNA_DIR, RAY_DIR, SWEEPS_DIR = "mlflow.db", "artifacts", "optuna", "ray", "sweeps"
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # s3://, runs:/, postgresql+psycopg2://
 USERINFO_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*:[^/@?#]*@")  # scheme://user:password@
 
@@ -34,14 +37,19 @@ def resolve_storage(entries: dict[str, Any], cwd: Path) -> dict[str, str]:
     _no_password(tracking, "[storage] tracking_uri", "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
     _no_password(optuna, "[storage] optuna_storage", "PGPASSWORD or ~/.pgpass")
     return {"root": root,
-            "tracking_uri": tracking or f"sqlite:///{os.path.join(root, 'mlflow.db')}",
+            "tracking_uri": tracking or f"sqlite:///{os.path.join(root, MLFLOW_DB)}",
             "artifact_root": _location(entries["artifact_root"], cwd, "[storage] artifact_root")
-            or os.path.join(root, "artifacts"),
+            or os.path.join(root, ARTIFACTS_DIR),
             "optuna_storage": _location(optuna, cwd, "[storage] optuna_storage")
-            or os.path.join(root, "optuna", f"{entries['name']}.journal"),
+            or os.path.join(root, OPTUNA_DIR, f"{entries['name']}.journal"),
             "ray_storage": _location(entries["ray_storage"], cwd, "[storage] ray_storage")
-            or os.path.join(root, "ray"),
+            or os.path.join(root, RAY_DIR),
             "ray_address": entries["ray_address"].strip()}
+
+
+def record_path(root: str | Path, name: str) -> Path:
+    """Where a sweep's resolved description is kept for `resume`: `<root>/sweeps/<name>.json`."""
+    return Path(root) / SWEEPS_DIR / f"{name}.json"
 
 
 def _no_password(uri: str, entry: str, instead: str) -> None:

@@ -1,4 +1,4 @@
-"""Driver-side Tune callbacks: trial runs' final MLflow status, and console progress for the CLI."""
+"""Driver-side Tune callbacks: trial runs' final MLflow status (and each trial's `Outcome`), console progress."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,17 @@ from ray import tune
 from search.tracking import schema as S
 from search.tracking.outbox import Outbox, retry_budget_s
 from search.tracking.store import Tracking, find_trial_run
-from search.tune.reconcile import Outcome
 
 RETRY_EVERY_S = 5.0  # how often queued trial statuses are tried again while the server is away
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How Tune ended a trial, as the driver saw it: a final MLflow status and why."""
+
+    status: str  # FINISHED | KILLED | FAILED
+    reason: str = ""
 
 
 class TrackingCallback(tune.Callback):
@@ -31,7 +39,7 @@ class TrackingCallback(tune.Callback):
     when the experiment ends.
 
     It also keeps each trial's `Outcome` (`outcomes`), including those Tune stops without telling callbacks
-    (the sweep's time budget, an interrupted sweep): the driver's reconciliation (search/reconcile.py)
+    (the sweep's time budget, an interrupted sweep): the driver's reconciliation (search/tune/reconcile.py)
     sets the final statuses from them, so no trial run is left RUNNING whatever a worker managed to send.
     """
 

@@ -38,7 +38,7 @@ from typing import TypeVar
 
 RETRY_ENV = "TICKET_SEARCH_TRACKING_RETRY_S"
 # Test-only: seconds to sleep before each queued tracking call, so the race between a trial's background
-# writes and Ray stopping the trial happens on every machine, not only on a slow one (tests/test_complete.py).
+# writes and Ray stopping the trial happens on every machine, not only on a slow one (tests/search/test_complete.py).
 DELAY_ENV = "TICKET_SEARCH_TEST_TRACKING_DELAY_S"
 HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
 HTTP_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"

@@ -1,4 +1,4 @@
-"""The MLflow data model, in one place: tag and metric names every writer and query uses.
+"""The MLflow data model, in one place: every tag, param, metric and artifact name writers and queries use.
 
 experiment = sweep name
   parent run  (tags kind=sweep, sweep=<name>)
@@ -16,6 +16,8 @@ experiment = sweep name
 
 from __future__ import annotations
 
+from trainables import paths
+
 KIND = "kind"  # sweep | trial | ticket
 SWEEP, TRIAL, TICKET = "sweep", "trial", "ticket"
 TAG_SWEEP = "sweep"
@@ -31,5 +33,13 @@ DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.sc
 TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "test_score", "val_loss",
                   "test_loss", "best_val_acc", "val_acc_std", "test_acc_std", "level", "early_stop_iter",
                   "collapsed", "epochs", "iterations", "wall_s")
-MASK_ARTIFACT = "mask.safetensors"
-DENSITY_ARTIFACT = "density.json"
+EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "level")  # trial run, per evaluation
+TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
+PARAM_OBJECTIVE = "objective"  # parent-run params the queries read back (search/results/query.py)
+PARAM_TARGET = "target_density"
+# Artifacts carry the engine's file names (trainables/paths.py): an exported ticket is these files.
+MASK_ARTIFACT = paths.MASK_FILE  # ticket run; further replicates as paths.replicate_mask(r)
+DENSITY_ARTIFACT = paths.DENSITY_FILE  # ticket run
+REWIND_ARTIFACT = paths.REWIND_FILE  # trial run: the weights the ticket restarts from
+PLOT_DIR, PLOT_ARTIFACT = "plots", "accuracy_vs_sparsity.png"  # parent run
+PAGE = 1000  # MLflow's largest search page

@@ -1,20 +1,20 @@
-"""MLflow tracking: the driver prepares the store, experiment and parent run; workers log through a sink.
+"""MLflow tracking from the workers: a trial logs through a sink.
 
-The store, experiment and parent run are created once, by the driver, before any trial starts (several
-processes opening a fresh sqlite store at once race on its migrations). Workers get a `MlflowSink`:
+The store, experiment and parent run are created once, by the driver, before any trial starts
+(store.prepare). Workers get a `MlflowSink`:
 a small picklable object holding the tracking URI and run ids, which opens its own `MlflowClient` in
 the worker and logs in batches with explicit run ids (no global "active run" in worker code).
 
 Every ticket run carries the tag `ticket_key` = <parent>/<trial>/<level>/<member>, and is set FINISHED
 only after its last artifact arrived. A level logged again after a restart finds its finished run and
 logs nothing twice; a run left unfinished by a dead process is deleted and logged anew. Workers ride out
-a tracking server that is briefly away through `search.retry.Outbox`, which also takes the logging off the
-training path: a level's records are sent from a background thread while the next level trains.
+a tracking server that is briefly away through `outbox.Outbox`, which also takes the logging off the
+training path: a level's records are sent from a background thread while the next level trains (outbox.py).
 
 This is the fast path. Ray can stop a trial (ASHA, a stopper, `max_t`, the sweep's end) while its records
 are still queued, and a node can vanish with them: the guarantee is the driver's reconciliation against
-Ray's level checkpoints at the end of `sweep` and `resume` (search/reconcile.py), which writes through the
-same idempotent functions (search/runlog.py).
+Ray's level checkpoints at the end of `sweep` and `resume` (search/tune/reconcile.py), which writes through
+the same idempotent functions (store.py).
 """
 
 from __future__ import annotations
@@ -24,56 +24,16 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from search.tracking import schema as S
-from search.tracking import store as runlog
+from search.tracking import store
 from search.tracking.outbox import Outbox, TrackingUnavailable, retry_budget_s
 from search.tracking.store import Tracking, find_trial_run
 from trainables.io.results import LevelResult
-
-__all__ = ["MlflowSink", "Tracking", "ensure_local_store", "find_trial_run", "prepare"]
-
-TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
-
-
-def ensure_local_store(tracking_uri: str) -> None:
-    """A sqlite store's folder must exist before MLflow opens it."""
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-
-
-def prepare(tracking_uri: str, sweep: str, artifact_root: str, params: dict[str, Any], *,
-            resume: bool = False) -> Tracking:
-    """Create (or, resuming, find) the experiment and the sweep's parent run, in the driver."""
-    ensure_local_store(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(sweep)
-    if exp is None:
-        location = Path(artifact_root).resolve().as_uri() if artifact_root and "://" not in artifact_root \
-            else (artifact_root or None)
-        exp_id = client.create_experiment(sweep, artifact_location=location)
-    else:
-        exp_id = exp.experiment_id
-    parent = _find_parent(client, exp_id, sweep) if resume else None
-    if parent is None:
-        run = client.create_run(exp_id, run_name=f"sweep-{sweep}",
-                                tags={S.KIND: S.SWEEP, S.TAG_SWEEP: sweep})
-        parent = run.info.run_id
-        runlog.log_params(client, parent, params)
-    else:
-        client.update_run(parent, status="RUNNING")
-    return Tracking(tracking_uri, exp_id, parent, sweep)
-
-
-def _find_parent(client: MlflowClient, exp_id: str, sweep: str) -> str | None:
-    runs = client.search_runs([exp_id], f"tags.{S.KIND} = '{S.SWEEP}' and tags.{S.TAG_SWEEP} = '{sweep}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
 
 
 @dataclass
@@ -90,7 +50,7 @@ class MlflowSink:
 
     tracking: Tracking
     scratch: str = ""
-    delay_s: float = 0.0  # test-only: slept before each tracking call (search.retry.DELAY_ENV)
+    delay_s: float = 0.0  # test-only: slept before each tracking call (outbox.DELAY_ENV)
     _client: MlflowClient | None = field(default=None, init=False, repr=False)
     _trial_run: str = field(default="", init=False)
     _trial_id: str = field(default="", init=False)
@@ -138,7 +98,7 @@ class MlflowSink:
             self._logged_step = max((m.step for m in history), default=-1)
             self._trial_run = existing
             return
-        self._trial_run = runlog.create_trial_run(self.client, self.tracking, self._trial_id, self._flat)
+        self._trial_run = store.create_trial_run(self.client, self.tracking, self._trial_id, self._flat)
         self._fresh = True
 
     def catch_up(self, results: Sequence[LevelResult], rewind: dict[str, Any] | None) -> None:
@@ -150,7 +110,7 @@ class MlflowSink:
         self._outbox.drain_soon()
 
     def epoch(self, row: dict[str, Any]) -> None:
-        metrics = runlog.epoch_metrics(row, int(time.time() * 1000))
+        metrics = store.epoch_metrics(row, int(time.time() * 1000))
         if not metrics or metrics[0].step <= self._logged_step:
             return  # logged before this trial restarted; a restart recomputes the same values
         with self._lock:
@@ -163,8 +123,8 @@ class MlflowSink:
             self._buffer = []
         self._sending = [m for m in self._sending if m.step > self._logged_step]  # known once the run is open
         while self._sending:
-            batch = self._sending[:runlog.MAX_METRICS_PER_BATCH]
-            runlog.log_metrics(self.client, self._trial_run, batch)
+            batch = self._sending[:store.MAX_METRICS_PER_BATCH]
+            store.log_metrics(self.client, self._trial_run, batch)
             del self._sending[:len(batch)]
 
     def level(self, result: LevelResult, rewind: dict[str, Any] | None) -> None:
@@ -175,23 +135,23 @@ class MlflowSink:
         self._outbox.drain_soon()  # sent while the next level trains; if the server is away, it waits
 
     def _queue_tickets(self, result: LevelResult) -> None:
-        for member in runlog.members_of(result):
+        for member in store.members_of(result):
             self._outbox.put(functools.partial(self._log_ticket_run, result, member),
                              f"ticket run L{result.level:02d}-{member}")
 
     def _log_rewind(self, rewind: dict[str, Any]) -> None:
         """The weights the ticket restarts from (replicate 0), once per trial: with a mask, the ticket."""
-        if not self._fresh and runlog.has_rewind(self.client, self._trial_run):
+        if not self._fresh and store.has_rewind(self.client, self._trial_run):
             return  # logged before this trial restarted
-        runlog.log_rewind(self.client, self._trial_run, rewind, self.scratch)
+        store.log_rewind(self.client, self._trial_run, rewind, self.scratch)
 
     def _log_ticket_run(self, result: LevelResult, member: str) -> None:
-        key = runlog.ticket_key(self.tracking, self._trial_id, result.level, member)
+        key = store.ticket_key(self.tracking, self._trial_id, result.level, member)
         found: list[Any] = []  # a trial run this process created has no ticket runs yet, unless this is a second try
         if not self._fresh or key in self._tried:
             found = self.client.search_runs([self.tracking.experiment_id], f"tags.{S.TAG_KEY} = '{key}'")
         self._tried.add(key)
-        runlog.log_ticket_run(self.client, self.tracking, trial_id=self._trial_id, trial_run=self._trial_run,
+        store.log_ticket_run(self.client, self.tracking, trial_id=self._trial_id, trial_run=self._trial_run,
                               flat=self._flat, result=result, member=member, found=found, scratch=self.scratch)
 
     def finish(self, status: str, reason: str = "", *, wait_s: float | None = None) -> None:
@@ -215,6 +175,6 @@ class MlflowSink:
     def _terminate(self, status: str, reason: str) -> None:
         if reason:
             self.client.set_tag(self._trial_run, S.TAG_STATUS_REASON, reason[:4000])
-        self.client.log_batch(self._trial_run, metrics=[Metric(TRACKING_SECONDS, self._outbox.seconds,
+        self.client.log_batch(self._trial_run, metrics=[Metric(S.TRACKING_SECONDS, self._outbox.seconds,
                                                                int(time.time() * 1000), 0)])
         self.client.set_terminated(self._trial_run, status)

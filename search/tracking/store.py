@@ -1,4 +1,8 @@
-"""The MLflow records of one trial, written the same way by the worker's sink and the driver's reconciliation.
+"""The MLflow store: the sweep's experiment and parent run, and the records of one trial, written the same
+way by the worker's sink and the driver's reconciliation; and reading runs back, page by page.
+
+The store, experiment and parent run are created once, by the driver, before any trial starts (`prepare`:
+several processes opening a fresh sqlite store at once race on its migrations).
 
 A trial run (params = flat ticket keys, per-evaluation metrics, the rewind weights) and, per finished level
 and member, a ticket run keyed by `ticket_key` = <parent>/<trial>/<level>/<member>. Every writer here is
@@ -12,25 +16,25 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Experiment, Metric, Param, Run
+from mlflow.store.entities import PagedList
 from mlflow.tracking import MlflowClient
 from safetensors.torch import save as save_bytes
 
 from search.tracking import schema as S
+from trainables import paths
 from trainables.io import maskio
 from trainables.io.results import LevelResult
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
-PAGE = 1000  # MLflow's largest search page
-REWIND_ARTIFACT = "rewind.safetensors"
-EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "level")  # per evaluation
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,16 +64,65 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Sequence[Metric]) ->
         client.log_batch(run_id, metrics=list(metrics[i:i + MAX_METRICS_PER_BATCH]))
 
 
-def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    """Every run of the experiment matching `filter_string`, page by page."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=PAGE, page_token=token)
-        runs.extend(page)
+def paged(fetch: Callable[[int, str | None], PagedList[T]], limit: int | None = None) -> Iterator[T]:
+    """Everything an MLflow search returns, following its page tokens: `fetch(max_results, page_token)`
+    is one page; at most `limit` items when given."""
+    token, seen = None, 0
+    while limit is None or seen < limit:
+        page = fetch(S.PAGE if limit is None else min(S.PAGE, limit - seen), token)
+        yield from page
+        seen += len(page)
         token = page.token
         if not token:
-            return runs
+            return
+
+
+def search_all(client: MlflowClient, experiment_ids: str | list[str], filter_string: str, *,
+               order_by: list[str] | None = None, limit: int | None = None) -> list[Run]:
+    """Every run of the experiment(s) matching `filter_string` (up to `limit`), page by page."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+    return list(paged(lambda size, token: client.search_runs(ids, filter_string, max_results=size,
+                                                              order_by=order_by, page_token=token), limit))
+
+
+def experiments(client: MlflowClient) -> Iterator[Experiment]:
+    """Every active experiment of the store (one per sweep), page by page."""
+    return paged(lambda size, token: client.search_experiments(max_results=size, page_token=token))
+
+
+def ensure_local_store(tracking_uri: str) -> None:
+    """A sqlite store's folder must exist before MLflow opens it."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def prepare(tracking_uri: str, sweep: str, artifact_root: str, params: dict[str, Any], *,
+            resume: bool = False) -> Tracking:
+    """Create (or, resuming, find) the experiment and the sweep's parent run, in the driver."""
+    ensure_local_store(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(sweep)
+    if exp is None:
+        location = Path(artifact_root).resolve().as_uri() if artifact_root and "://" not in artifact_root \
+            else (artifact_root or None)
+        exp_id = client.create_experiment(sweep, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    parent = _find_parent(client, exp_id, sweep) if resume else None
+    if parent is None:
+        run = client.create_run(exp_id, run_name=f"sweep-{sweep}",
+                                tags={S.KIND: S.SWEEP, S.TAG_SWEEP: sweep})
+        parent = run.info.run_id
+        log_params(client, parent, params)
+    else:
+        client.update_run(parent, status="RUNNING")
+    return Tracking(tracking_uri, exp_id, parent, sweep)
+
+
+def _find_parent(client: MlflowClient, exp_id: str, sweep: str) -> str | None:
+    runs = client.search_runs([exp_id], f"tags.{S.KIND} = '{S.SWEEP}' and tags.{S.TAG_SWEEP} = '{sweep}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def describing_tags(tracking: Tracking, trial_id: str, flat: dict[str, Any]) -> dict[str, str]:
@@ -106,13 +159,13 @@ def ticket_runs_by_key(client: MlflowClient, tracking: Tracking) -> dict[str, li
 
 
 def has_rewind(client: MlflowClient, trial_run: str) -> bool:
-    return any(a.path == REWIND_ARTIFACT for a in client.list_artifacts(trial_run))
+    return any(a.path == S.REWIND_ARTIFACT for a in client.list_artifacts(trial_run))
 
 
 def log_rewind(client: MlflowClient, trial_run: str, rewind: dict[str, torch.Tensor], scratch: str = "") -> None:
     """The weights the ticket restarts from (replicate 0): with a mask, the ticket."""
     with tempfile.TemporaryDirectory(prefix="ticket-rewind-", dir=scratch or None) as tmp:
-        path = Path(tmp) / REWIND_ARTIFACT
+        path = Path(tmp) / S.REWIND_ARTIFACT
         blob = save_bytes({k: v.detach().cpu().contiguous() for k, v in rewind.items()})
         maskio.write_atomically(path, blob, "rewind weights")  # a full disk: OSError naming the file
         client.log_artifact(trial_run, str(path))
@@ -159,7 +212,7 @@ def log_ticket_run(client: MlflowClient, tracking: Tracking, *, trial_id: str, t
 def stage_mask_artifacts(folder: Path, result: LevelResult) -> None:
     """mask.safetensors (+ one per further replicate) and density.json, written into `folder`."""
     for r, mask in enumerate(result.masks):
-        name = S.MASK_ARTIFACT if r == 0 else f"mask_rep{r}.safetensors"
+        name = paths.replicate_mask(r)
         maskio.save(mask, folder / name, {"level": str(result.level), "replicate": str(r)})
     (folder / S.DENSITY_ARTIFACT).write_text(json.dumps(
         {"density": result.density, "layer_density": result.layer_density,
@@ -184,4 +237,4 @@ def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
 def epoch_metrics(row: dict[str, Any], timestamp_ms: int) -> list[Metric]:
     """The trial run's metrics of one evaluation row, at step = the trial's cumulative iteration."""
     step = int(row.get("iterations_total", row.get("iteration", 0)))
-    return [Metric(key, float(row[key]), timestamp_ms, step) for key in EPOCH_METRICS if key in row]
+    return [Metric(key, float(row[key]), timestamp_ms, step) for key in S.EPOCH_METRICS if key in row]

@@ -3,8 +3,8 @@
 Workers log their trials from a background thread (the fast path), and Ray may stop a trial (ASHA, the
 collapse stopper, `max_t`, the sweep's time budget or end), lose its node or its driver while records are
 still queued. So once Tune has returned, the driver walks Ray's record of every trial
-(search/record.py: result rows and level checkpoints) and, through the same idempotent writers the
-workers use (search/runlog.py):
+(record.py: result rows and level checkpoints) and, through the same idempotent writers the
+workers use (search/tracking/store.py):
 
 - opens the trial run a trial never got to open;
 - logs each finished level's ticket run and its controls' runs that MLflow lacks, replacing half-logged
@@ -34,7 +34,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from search.tracking import schema as S
-from search.tracking import store as runlog
+from search.tracking import store
+from search.tracking.callbacks import Outcome
 from search.tracking.outbox import call_with_retry, retry_budget_s
 from search.tracking.store import Tracking
 from search.tune.record import TrialRecord, read_experiment
@@ -44,14 +45,6 @@ WORKER_EXIT_S = 30.0  # how long to wait for this node's trial processes to be g
 UNSETTLED = ("it stopped without a final status (its sweep was interrupted or its driver died while it "
              "ran); `ticket-search resume` continues it if Ray recorded it")
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How Tune ended a trial, as the driver saw it: a final MLflow status and why."""
-
-    status: str  # FINISHED | KILLED | FAILED
-    reason: str = ""
 
 
 @dataclass
@@ -77,7 +70,7 @@ def reconcile(tracking: Tracking, ray_storage: str, outcomes: dict[str, Outcome]
     wait_for_workers(records)
     client = MlflowClient(tracking.tracking_uri)
     budget = retry_budget_s()
-    by_key = call_with_retry(lambda: runlog.ticket_runs_by_key(client, tracking), "find ticket runs", budget)
+    by_key = call_with_retry(lambda: store.ticket_runs_by_key(client, tracking), "find ticket runs", budget)
     trial_runs = call_with_retry(lambda: _trial_runs(client, tracking), "find trial runs", budget)
     summary = Reconciliation(trials=len(records))
     seen_keys: set[str] = set()
@@ -98,7 +91,7 @@ def reconcile(tracking: Tracking, ray_storage: str, outcomes: dict[str, Outcome]
 
 
 def _trial_runs(client: MlflowClient, tracking: Tracking) -> dict[str, Run]:
-    runs = runlog.search_all(client, tracking.experiment_id,
+    runs = store.search_all(client, tracking.experiment_id,
                              f"tags.{S.KIND} = '{S.TRIAL}' and tags.`{S.PARENT_TAG}` = '{tracking.parent_run_id}'")
     return {r.data.tags.get(S.TAG_TRIAL, ""): r for r in runs}
 
@@ -110,18 +103,18 @@ def _trial(client: MlflowClient, tracking: Tracking, record: TrialRecord, trial_
     if run is None and not record.results and not record.rows:
         return  # never trained: nothing of it to record
     flat = record.config
-    trial_run = run.info.run_id if run is not None else runlog.create_trial_run(client, tracking, record.trial_id,
+    trial_run = run.info.run_id if run is not None else store.create_trial_run(client, tracking, record.trial_id,
                                                                                    flat)
-    if record.state is not None and record.state.rewind and record.results and not runlog.has_rewind(client,
+    if record.state is not None and record.state.rewind and record.results and not store.has_rewind(client,
                                                                                                    trial_run):
-        runlog.log_rewind(client, trial_run, record.state.rewind[0])
+        store.log_rewind(client, trial_run, record.state.rewind[0])
     for result in record.results:
         recorded = True
-        for member in runlog.members_of(result):
-            key = runlog.ticket_key(tracking, record.trial_id, result.level, member)
+        for member in store.members_of(result):
+            key = store.ticket_key(tracking, record.trial_id, result.level, member)
             seen_keys.add(key)
             found = by_key.get(key, [])
-            wrote = runlog.log_ticket_run(client, tracking, trial_id=record.trial_id, trial_run=trial_run,
+            wrote = store.log_ticket_run(client, tracking, trial_id=record.trial_id, trial_run=trial_run,
                                           flat=flat, result=result, member=member, found=found)
             summary.written += wrote
             if wrote or len(found) != 1:  # written now, or not exactly one run: make it exactly one
@@ -151,11 +144,11 @@ def _rows(client: MlflowClient, trial_run: str, rows: Iterable[dict[str, Any]]) 
     for row in rows:
         if "iterations_total" not in row or "epochs_total" not in row:
             continue
-        metrics = runlog.epoch_metrics(row, int(1000 * float(row.get("timestamp", time.time()))))
+        metrics = store.epoch_metrics(row, int(1000 * float(row.get("timestamp", time.time()))))
         step = metrics[0].step
         if step not in logged and step not in missing:
             missing[step] = metrics
-    runlog.log_metrics(client, trial_run, [m for ms in missing.values() for m in ms])
+    store.log_metrics(client, trial_run, [m for ms in missing.values() for m in ms])
     return len(missing)
 
 

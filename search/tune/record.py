@@ -4,7 +4,7 @@ Ray writes, per trial, a folder `<ray_storage>/<sweep>/trial_<id>/` holding `par
 config), `result.json` (one JSON line per result Ray received) and one `checkpoint_NNNNNN/` per level
 boundary (`trainables.checkpoint`: every finished level's result and masks, and the rewind weights).
 A level is finished once its checkpoint is there; MLflow is made complete from this record
-(search/reconcile.py), and tests audit MLflow against it the way a user would.
+(reconcile.py), and tests audit MLflow against it the way a user would.
 
 The storage may be a local folder or a bucket (`s3://...`): it is read through pyarrow's file systems, as
 Ray itself writes it; a remote checkpoint is copied to a temporary folder before it is loaded.
@@ -27,12 +27,18 @@ from trainables.config import KEYS
 from trainables.io import checkpoint
 from trainables.io.checkpoint import State
 from trainables.io.results import LevelResult
+from trainables.paths import STATE_JSON
 
-TRIAL_DIR = re.compile(r"trial_([A-Za-z0-9_-]+)")  # search.tuner.trial_dirname: trial_<Ray trial id>
-CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
+TRIAL_PREFIX = "trial_"  # our trial folders: trial_<Ray trial id> (Ray's default spells out every key)
+TRIAL_DIR = re.compile(rf"{TRIAL_PREFIX}([A-Za-z0-9_-]+)")
+CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")  # Ray's names, below:
 RESULTS_FILE = "result.json"
 PARAMS_FILE = "params.json"
-STATE_FILE = "state.json"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder names (Ray's default spells out every config key and overflows paths)."""
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
 @dataclass
@@ -112,7 +118,7 @@ def _newest_state(fs: pafs.FileSystem, folder: str) -> tuple[State | None, dict[
     for info in fs.get_file_info(pafs.FileSelector(folder)):
         match = CHECKPOINT_DIR.fullmatch(info.base_name)
         if info.type == pafs.FileType.Directory and match:
-            doc = _read_text(fs, f"{info.path}/{STATE_FILE}")
+            doc = _read_text(fs, f"{info.path}/{STATE_JSON}")
             if doc is not None:
                 candidates.append((len(json.loads(doc).get("results", [])), int(match.group(1)), info.path))
     for _, _, path in sorted(candidates, reverse=True):

@@ -12,7 +12,7 @@ the sweep, so every run still RUNNING under it is left over:
 The Optuna study is written at once while Ray's experiment snapshot lags by seconds, so a trial can end
 in MLflow (its worker logged everything and set FINISHED) and die with the driver before Optuna was told:
 `settle_finished` tells Optuna COMPLETE with the values of its last ticket run, the ones Ray would have
-reported. What is left to settle (trials Ray never recorded) `search.searcher` does when Ray restores it.
+reported. What is left to settle (trials Ray never recorded) search/tune/searcher.py does when Ray restores it.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from search.tracking import schema as S
+from search.tracking import store
 from search.tracking.outbox import call_with_retry, retry_budget_s
-from search.tracking.sink import Tracking, find_trial_run
+from search.tracking.store import Tracking, find_trial_run
 from search.tune.searcher import TRIAL_ATTR
 
-PAGE = 1000  # MLflow's largest search page
 DRIVER_LOST = ("its driver stopped while it ran (killed or interrupted); `ticket-search resume` continues it "
                "if Ray recorded it")
 log = logging.getLogger(__name__)
@@ -46,15 +46,7 @@ class Closed:
 
 
 def _running(client: MlflowClient, experiment_id: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=PAGE,
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return store.search_all(client, experiment_id, "attributes.status = 'RUNNING'")
 
 
 def _kill(client: MlflowClient, run_id: str) -> None:
@@ -69,7 +61,7 @@ def close_orphans(tracking: Tracking) -> Closed:
     trials = tickets = 0
     for run in call_with_retry(lambda: _running(client, tracking.experiment_id), "find running runs", budget):
         tags, run_id = run.data.tags, run.info.run_id
-        if tags.get(S.KIND) == S.TRIAL and tags.get("mlflow.parentRunId") == tracking.parent_run_id:
+        if tags.get(S.KIND) == S.TRIAL and tags.get(S.PARENT_TAG) == tracking.parent_run_id:
             call_with_retry(functools.partial(_kill, client, run_id), "mark trial run KILLED", budget)
             trials += 1
         elif tags.get(S.KIND) == S.TICKET and tags.get(S.TAG_KEY, "").startswith(f"{tracking.parent_run_id}/"):
@@ -103,7 +95,7 @@ def settle_finished(tracking: Tracking, study: optuna.Study, metrics: list[str])
 
 def _last_ticket(client: MlflowClient, tracking: Tracking, trial_run: str) -> Run | None:
     """The ticket run of a trial's final level: the values Ray reported last (val_score, sparsity)."""
-    runs = client.search_runs([tracking.experiment_id],
-                              f"tags.{S.KIND} = '{S.TICKET}' and tags.{S.TAG_MEMBER} = 'ticket' and "
-                              f"tags.`mlflow.parentRunId` = '{trial_run}'", max_results=PAGE)
+    runs = store.search_all(client, tracking.experiment_id,
+                            f"tags.{S.KIND} = '{S.TICKET}' and tags.{S.TAG_MEMBER} = 'ticket' and "
+                            f"tags.`{S.PARENT_TAG}` = '{trial_run}'")
     return max(runs, key=lambda r: int(r.data.tags.get(S.TAG_LEVEL, -1)), default=None)

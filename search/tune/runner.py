@@ -22,14 +22,16 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from search.sweep.file import SWEEP_NAME, Sweep, sweep_from_dict
+from search.sweep.storage import DEFAULT_ROOT, record_path
 from search.tracking import schema as S
 from search.tracking.callbacks import TrackingCallback
 from search.tracking.outbox import call_with_retry, quick_http, retry_budget_s
-from search.tracking.sink import Tracking, ensure_local_store, prepare
+from search.tracking.store import Tracking, ensure_local_store, prepare
 from search.tune import capacity, reconcile
 from search.tune.reconcile import Reconciliation
 from search.tune.recovery import close_orphans, settle_finished
-from search.tune.tuner import build_tuner, optuna_storage, restore_tuner
+from search.tune.study import optuna_storage
+from search.tune.tuner import build_tuner, restore_tuner
 from trainables.config import ConfigError
 from trainables.tasks.registry import shapes as task_shapes
 
@@ -50,15 +52,11 @@ class SweepOutcome:
 
 def sweep_params(sweep: Sweep) -> dict[str, Any]:
     """What the parent run records about the sweep itself (the trials record their tickets)."""
-    return {"objective": sweep.objective, "target_density": sweep.target_density, "sampler": sweep.sampler,
+    return {S.PARAM_OBJECTIVE: sweep.objective, S.PARAM_TARGET: sweep.target_density, "sampler": sweep.sampler,
             "seed": sweep.seed, "scheduler": sweep.scheduler, "grace_period": sweep.grace_period,
             "reduction_factor": sweep.reduction_factor, "num_samples": sweep.num_samples,
             "max_concurrent": sweep.max_concurrent, "space": ",".join(d.key for d in sweep.space),
             "smoke": sweep.smoke, "cpu": sweep.cpu, "gpu": sweep.gpu}
-
-
-def record_path(root: str | Path, name: str) -> Path:
-    return Path(root) / "sweeps" / f"{name}.json"
 
 
 def save_record(sweep: Sweep) -> None:
@@ -67,7 +65,7 @@ def save_record(sweep: Sweep) -> None:
     path.write_text(json.dumps(sweep.to_toml_dict(), indent=2, default=str))
 
 
-def load_record(name: str, root: str | Path = "runs") -> Sweep:
+def load_record(name: str, root: str | Path = DEFAULT_ROOT) -> Sweep:
     if not SWEEP_NAME.fullmatch(name):  # a name is a file name under <root>/sweeps: no '/', no '..'
         raise ConfigError(f"resume: {name!r} is not a sweep name (1-128 letters, digits, - _ ., starting with a "
                           "letter or digit)")
@@ -92,9 +90,9 @@ def preflight(sweep: Sweep) -> Sweep:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"storage.tracking_uri: cannot reach {sweep.tracking_uri} ({first[:200]})") from e
     if sweep.base.prune.init_mask.startswith("runs:"):
-        from search.results.export import resolve_init_mask
+        from search.results.transfer import INIT_MASKS_DIR, resolve_init_mask
 
-        base = resolve_init_mask(sweep.base, sweep.tracking_uri, cache_dir=Path(sweep.root) / "init_masks")
+        base = resolve_init_mask(sweep.base, sweep.tracking_uri, cache_dir=Path(sweep.root) / INIT_MASKS_DIR)
         sweep = dataclasses.replace(sweep, base=base)
     return sweep
 
@@ -156,6 +154,6 @@ def _close_parent(tracking: Tracking, sweep: Sweep, grid: Any) -> None:
     call_with_retry(lambda: client.set_terminated(tracking.parent_run_id, "FINISHED"), "status", budget)
 
 
-def resume_sweep(name: str, root: str | Path = "runs", callbacks: list[tune.Callback] | None = None,
+def resume_sweep(name: str, root: str | Path = DEFAULT_ROOT, callbacks: list[tune.Callback] | None = None,
                  ) -> SweepOutcome:
     return run_sweep(load_record(name, root), resume=True, callbacks=callbacks)

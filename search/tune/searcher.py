@@ -13,7 +13,7 @@ seconds older than the study (Optuna's storage is written at once). On `restore`
 - a trial of this experiment the snapshot never saw and still RUNNING in the study is set FAIL with
   `fail_reason` (no Ray trial will report it); one that ended before the driver died is adopted: it
   counts toward `num_samples`, so the resumed sweep runs exactly the trials still missing.
-(`search.recovery.settle_finished` has already set COMPLETE any trial whose MLflow run finished.)
+(`recovery.settle_finished` has already set COMPLETE any trial whose MLflow run finished.)
 """
 
 from __future__ import annotations

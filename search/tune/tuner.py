@@ -1,6 +1,6 @@
 """Assembling the Ray Tune run of a sweep: Optuna searcher, ASHA, stoppers, failure handling, resources.
 
-- `TicketOptunaSearch` (search/searcher.py) tells Optuna PRUNED (not COMPLETE) for trials the scheduler
+- `TicketOptunaSearch` (searcher.py, built in study.py) tells Optuna PRUNED (not COMPLETE) for trials the scheduler
   stopped, so TPE does not learn from truncated values as if they were final (Ray hard-codes COMPLETE);
   FAIL for trials that diverged; and keeps the study consistent when a resumed sweep restores it.
 - ASHA compares trials at equal cumulative epochs (`epochs_total`) on `val_score`.
@@ -16,19 +16,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from search.sweep.file import Sweep
-from search.sweep.space import define_by_run, sampler
 from search.tracking.outbox import injected_delay_s
-from search.tracking.sink import MlflowSink, Tracking
-from search.tune.searcher import FAIL_REASON, TicketOptunaSearch
+from search.tracking.sink import MlflowSink
+from search.tracking.store import Tracking
+from search.tune import algorithms
+from search.tune.record import trial_dirname
+from search.tune.study import param_space, searcher
 from trainables.trainable import ticket_trial
-
-__all__ = ["FAIL_REASON", "TicketOptunaSearch", "build_tuner", "optuna_storage", "restore_tuner"]
 
 MAX_FAILURES = 2  # restarts of a failed trial from its last level checkpoint
 # Every level checkpoint is kept (num_to_keep=None): a driver that dies leaves Ray's experiment snapshot a
@@ -47,40 +46,11 @@ class CollapseStopper(tune.Stopper):
         return False
 
 
-def optuna_storage(url_or_path: str) -> optuna.storages.BaseStorage:
-    """A journal file (the default: only the driver writes it) or an RDB URL (e.g. PostgreSQL)."""
-    if "://" in url_or_path:
-        return optuna.storages.RDBStorage(url_or_path)
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(url_or_path))
-
-
-class SearchSpace:
-    """The sweep's define-by-run space as a picklable object (Ray pickles the searcher with the experiment)."""
-
-    def __init__(self, sweep: Sweep) -> None:
-        self.sweep = sweep
-
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
-        return define_by_run(self.sweep)(trial)
-
-
-def searcher(sweep: Sweep) -> TicketOptunaSearch:
-    metrics, modes = sweep.metrics, sweep.modes
-    return TicketOptunaSearch(
-        space=SearchSpace(sweep), metric=metrics if len(metrics) > 1 else metrics[0],
-        mode=modes if len(modes) > 1 else modes[0], sampler=sampler(sweep),
-        storage=optuna_storage(sweep.optuna_storage), study_name=sweep.name, num_samples=sweep.num_samples)
-
-
 def scheduler(sweep: Sweep) -> TrialScheduler:
-    if sweep.scheduler == "none":
-        return FIFOScheduler()
-    max_t = math.ceil(sweep.max_t)  # never 0: search/sweepfile.py derives it from the levels and epochs
-    return ASHAScheduler(time_attr="epochs_total", metric="val_score", mode="max", max_t=max_t,
-                         grace_period=min(sweep.grace_period, max_t), reduction_factor=sweep.reduction_factor)
+    """The sweep's trial scheduler; max_t is never 0 (search/sweep/budget.py derives it from the levels)."""
+    args = algorithms.SchedulerArgs(max_t=math.ceil(sweep.max_t), grace_period=sweep.grace_period,
+                                    reduction_factor=sweep.reduction_factor)
+    return algorithms.scheduler(sweep.scheduler, args)
 
 
 def trainable(sweep: Sweep, tracking: Tracking) -> Any:
@@ -89,16 +59,6 @@ def trainable(sweep: Sweep, tracking: Tracking) -> Any:
     fn = tune.with_parameters(ticket_trial, sink=sink, scratch=scratch)
     resources: dict[str, float] = {"cpu": sweep.cpu, "gpu": sweep.gpu}
     return tune.with_resources(fn, resources)
-
-
-def param_space(sweep: Sweep) -> dict[str, Any]:
-    """The base ticket as constants; Optuna's define-by-run values override them per trial."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sweep.base.flat().items()}
-
-
-def trial_dirname(trial: Any) -> str:
-    """Short trial folder names (Ray's default spells out every config key and overflows paths)."""
-    return f"trial_{trial.trial_id}"
 
 
 def build_tuner(sweep: Sweep, tracking: Tracking, callbacks: list[tune.Callback]) -> tune.Tuner:

@@ -1,8 +1,8 @@
 """A sweep on a two-node Ray cluster on this machine, whose worker node is killed mid-sweep.
 
-    python tests/cluster_sweep.py SWEEP.json OUT.json
+    python tests/helpers/cluster_sweep.py SWEEP.json OUT.json
 
-tests/test_faults.py runs it in its own process, since it needs its own Ray (the test session's Ray is
+tests/search/test_faults.py runs it in its own process, since it needs its own Ray (the test session's Ray is
 already up). The head offers 1 CPU and the worker node 2, so with trials of 1 CPU two of three run on the
 worker. Once a trial there has finished a level (and so has a level checkpoint), the worker node is
 removed: its raylet and trial processes are killed. A fresh worker node joins so the lost trials have

@@ -7,8 +7,7 @@ that need that shape use these helpers instead of mocks:
         MlflowClient(server.uri).create_experiment("e")
         server.restart()  # same port, same data: what a head-node restart mid-sweep looks like
 
-This is a helper module, not a test module: import it as `from servers import ...` (pytest puts tests/ on
-sys.path, as for `from test_query import ...`).
+This is a helper module, not a test module: import it as `from tests.helpers.servers import ...`.
 """
 
 from __future__ import annotations

@@ -20,9 +20,8 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from search.tracking import schema as S
-from search.tune.tuner import optuna_storage
-
-PAGE = 1000
+from search.tracking import store
+from search.tune.study import optuna_storage
 
 
 def runs_of(uri: str, sweep: str, kind: str) -> list[Run]:
@@ -30,15 +29,7 @@ def runs_of(uri: str, sweep: str, kind: str) -> list[Run]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(sweep)
     assert exp is not None, f"no experiment {sweep}"
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([exp.experiment_id], f"tags.{S.KIND} = '{kind}'", max_results=PAGE,
-                                  page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return store.search_all(client, exp.experiment_id, f"tags.{S.KIND} = '{kind}'")
 
 
 def ticket_levels(uri: str, sweep: str) -> dict[str, list[int]]:

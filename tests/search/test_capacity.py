@@ -11,7 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search import cli
-from search.sweep.file import dump_toml, load_sweep, sweep_from_dict
+from search.sweep.file import load_sweep, sweep_from_dict
+from search.sweep.storage import dump_toml
 from search.tune import capacity
 from tests.search.test_sweep import sweep_doc
 from trainables.config import ConfigError

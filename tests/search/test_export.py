@@ -12,11 +12,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from search.results.export import compare_masks, compare_tickets, export_ticket, resolve_init_mask
-from search.results.plot import ARTIFACT_NAME, plot_sweep
+from search.results.compare import compare_masks, compare_tickets
+from search.results.export import export_ticket
+from search.results.plot import plot_sweep
 from search.results.query import TicketRecord, best_tickets, check_run_id
+from search.results.transfer import resolve_init_mask
 from search.tracking import schema as S
-from search.tracking import sink as tracking
+from search.tracking.schema import PLOT_ARTIFACT as ARTIFACT_NAME
+from search.tracking.store import prepare
 from tests.search.test_query import Record, build_record, parse
 from trainables.config import ConfigError, Ticket
 from trainables.io import maskio
@@ -211,7 +214,7 @@ def test_plot_writes_a_png_and_logs_it_to_the_parent_run(record, tmp_path):
     assert listed == [f"plots/{ARTIFACT_NAME}"]
     default = plot_sweep("front", record.uri)
     assert default == record.root / "plots" / "front.png" and default.read_bytes().startswith(PNG)
-    tracking.prepare(record.uri, "empty", str(tmp_path), {"objective": "pareto"})
+    prepare(record.uri, "empty", str(tmp_path), {"objective": "pareto"})
     assert plot_sweep("empty", record.uri) is None
     with pytest.raises(ConfigError, match="unknown sweep 'nope'"):
         plot_sweep("nope", record.uri, tmp_path / "x.png")

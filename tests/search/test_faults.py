@@ -33,11 +33,11 @@ from search import cli
 from search.sweep.file import sweep_from_dict
 from search.tracking import schema as S
 from search.tracking.outbox import DELAY_ENV
-from search.tracking.sink import prepare
+from search.tracking.store import prepare
 from search.tune.recovery import settle_finished
 from search.tune.runner import run_sweep
 from search.tune.searcher import FAIL_REASON, ORPHAN_REASON, TRIAL_ATTR, TicketOptunaSearch
-from search.tune.tuner import optuna_storage
+from search.tune.study import optuna_storage
 from tests.helpers import procs
 from tests.helpers.servers import MlflowServer, free_port, postgres_database
 from tests.helpers.sweepcheck import (

@@ -29,7 +29,8 @@ from ray import tune
 from search.sweep.file import sweep_from_dict
 from search.tracking import schema as S
 from search.tune.runner import run_sweep
-from search.tune.tuner import FAIL_REASON, SCRATCH_ENV
+from search.tune.searcher import FAIL_REASON
+from search.tune.tuner import SCRATCH_ENV
 from tests.helpers.sweepcheck import (
     assert_nothing_running,
     assert_tickets_exactly_once,

@@ -24,8 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from search import cli
-from search.results.export import parse_runs_uri
-from search.sweep.file import ENTRIES, SAMPLERS, SCHEDULERS, SWEEP_NAME, TOP_LEVEL, dump_toml
+from search.results.transfer import parse_runs_uri
+from search.sweep.file import ENTRIES, SWEEP_NAME, TOP_LEVEL
+from search.sweep.storage import dump_toml
+from search.tune.algorithms import SAMPLERS, SCHEDULERS
 from tests.search.test_sweep import sweep_doc
 from trainables.config import KEYS, ConfigError
 from trainables.io import checkpoint, maskio

@@ -25,7 +25,7 @@ from ray import tune
 
 from search.sweep.file import sweep_from_dict
 from search.tracking import schema as S
-from search.tracking.sink import TRACKING_SECONDS
+from search.tracking.schema import TRACKING_SECONDS
 from search.tune.runner import run_sweep
 from tests.helpers.servers import MlflowServer, postgres_database
 from tests.helpers.sweepcheck import (

@@ -22,8 +22,11 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import results as querycmd
 from search.results import query
-from search.results.query import TicketRecord, best_tickets, pareto_front
-from search.tracking import sink as tracking
+from search.results.query import TicketRecord, best_tickets
+from search.sweep import objectives
+from search.sweep.objectives import pareto_front
+from search.tracking.sink import MlflowSink
+from search.tracking.store import prepare
 from trainables.config import ConfigError, Ticket
 from trainables.lottery import Lottery
 
@@ -44,10 +47,10 @@ class Record:
 
 
 def _run_sweep(uri: str, root: Path, name: str, objective: str, trials: dict, out: Record) -> None:
-    tr = tracking.prepare(uri, name, str(root / "artifacts"), {"objective": objective})
+    tr = prepare(uri, name, str(root / "artifacts"), {"objective": objective})
     for trial_id, overrides in trials.items():
         ticket = Ticket.from_flat({**BASE, **overrides})
-        sink = tracking.MlflowSink(tr)
+        sink = MlflowSink(tr)
         sink.start(trial_id, ticket.flat())
         lottery = Lottery(ticket, on_epoch=sink.epoch)
         for result in lottery.run():
@@ -167,8 +170,8 @@ def test_unknown_sweep_and_bad_arguments(record):
 
 def assert_is_front(front: list[TicketRecord], pool: list[TicketRecord]) -> None:
     ids = {id(r) for r in front}
-    assert all(not query.dominates(q, r) for r in front for q in pool)
-    assert all(any(query.dominates(f, r) for f in front) for r in pool if id(r) not in ids)
+    assert all(not objectives.dominates(q, r) for r in front for q in pool)
+    assert all(any(objectives.dominates(f, r) for f in front) for r in pool if id(r) not in ids)
     assert [r.sparsity for r in front] == sorted(r.sparsity for r in front)
 
 

@@ -14,9 +14,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search.tracking import schema as S
-from search.tracking import store as runlog
-from search.tracking.sink import prepare
-from search.tune.reconcile import UNSETTLED, Outcome, reconcile
+from search.tracking import store
+from search.tracking.callbacks import Outcome
+from search.tracking.store import prepare
+from search.tune.reconcile import UNSETTLED, reconcile
 from search.tune.record import read_experiment
 from tests.helpers.sweepcheck import audit, runs_of
 from trainables.config import Ticket
@@ -78,7 +79,7 @@ def test_an_empty_store_is_made_complete_once(sweep: dict[str, Any]) -> None:
     assert by_trial["cut"].info.status == "KILLED"
     assert by_trial["cut"].data.tags[S.TAG_STATUS_REASON] == outcomes["cut"].reason
     client = MlflowClient(sweep["uri"])
-    assert {a.path for a in client.list_artifacts(by_trial["done"].info.run_id)} == {runlog.REWIND_ARTIFACT}
+    assert {a.path for a in client.list_artifacts(by_trial["done"].info.run_id)} == {S.REWIND_ARTIFACT}
 
     again = reconcile(sweep["tracking"], sweep["storage"], outcomes)  # idempotent
     assert (again.written, again.rows_written, again.statuses_set) == (0, 0, 0)
@@ -96,7 +97,7 @@ def test_duplicates_and_half_logged_runs_end_as_exactly_one(sweep: dict[str, Any
     half = tickets[("done", "2", "shuffle")]
     client.delete_run(half.info.run_id)
     client.create_run(tracking.experiment_id, tags=half.data.tags)  # what a killed worker leaves: RUNNING
-    stray = {**half.data.tags, S.TAG_KEY: runlog.ticket_key(tracking, "done", 7, "ticket"), S.TAG_LEVEL: "7"}
+    stray = {**half.data.tags, S.TAG_KEY: store.ticket_key(tracking, "done", 7, "ticket"), S.TAG_LEVEL: "7"}
     client.create_run(tracking.experiment_id, tags=stray)  # half-logged, of a level with no checkpoint
 
     fixed = reconcile(tracking, sweep["storage"], {})
@@ -108,10 +109,10 @@ def test_duplicates_and_half_logged_runs_end_as_exactly_one(sweep: dict[str, Any
 def test_a_trial_with_no_outcome_is_killed_with_a_reason_and_a_finished_one_loses_its_kill(
         sweep: dict[str, Any]) -> None:
     client, tracking = MlflowClient(sweep["uri"]), sweep["tracking"]
-    done = runlog.create_trial_run(client, tracking, "done", ticket().flat())
+    done = store.create_trial_run(client, tracking, "done", ticket().flat())
     client.set_tag(done, S.TAG_STATUS_REASON, "stopped early by the scheduler")  # what a stopped worker said
     client.set_terminated(done, "KILLED")
-    lost = runlog.create_trial_run(client, tracking, "neverran", ticket().flat())  # no folder, left RUNNING
+    lost = store.create_trial_run(client, tracking, "neverran", ticket().flat())  # no folder, left RUNNING
     reconcile(tracking, sweep["storage"], {})
     runs = {r.data.tags[S.TAG_TRIAL]: r for r in runs_of(sweep["uri"], "sw", S.TRIAL)}
     assert runs["done"].info.run_id == done and runs["done"].info.status == "FINISHED"

@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from psycopg2 import sql
 from safetensors.torch import save_file
 
-from search.results.export import export_ticket, resolve_init_mask
+from search.results.export import export_ticket
+from search.results.transfer import resolve_init_mask
 from search.sweep.file import sweep_from_dict
 from search.tracking import schema as S
 from search.tracking.store import log_params

@@ -11,12 +11,20 @@ import optuna
 import pytest
 
 from search.sweep.file import Sweep, load_sweep, sweep_from_dict
-from search.sweep.space import Dim, config_of, define_by_run, sampler
-from trainables.config import ConfigError
+from search.sweep.space import Dim
+from search.tune.study import define_by_run, param_space, sampler
+from trainables.config import ConfigError, Ticket
+from trainables.trial import trial_ticket
 
 MNIST1D = Path(__file__).parents[2] / "sweeps" / "mnist1d.toml"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def config_of(params: dict[str, Any], sweep: Sweep) -> Ticket:
+    """The ticket a trial of `sweep` searches, the way Ray and Optuna build it: the param space's constants
+    overridden by the trial's suggested params, read by the trial itself (`trial_ticket`)."""
+    return trial_ticket({**param_space(sweep), **params})
 
 
 def run(sweep: Sweep, n: int, directions: list[str] | None = None) -> list[optuna.trial.FrozenTrial]:

@@ -9,11 +9,12 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.results.query import best_tickets, pareto_front
+from search.results.query import best_tickets
 from search.sweep.file import Sweep, sweep_from_dict
+from search.sweep.objectives import pareto_front
 from search.tracking import schema as S
 from search.tune.runner import run_sweep
-from search.tune.tuner import optuna_storage
+from search.tune.study import optuna_storage
 from trainables.io import maskio
 from trainables.pruning import masks as mk
 

@@ -19,7 +19,7 @@ from ray import tune
 from search.sweep.file import sweep_from_dict
 from search.tracking import schema as S
 from search.tune.runner import run_sweep
-from search.tune.tuner import optuna_storage
+from search.tune.study import optuna_storage
 from tests.helpers.servers import MlflowServer, postgres_database
 from tests.helpers.sweepcheck import audit, ray_trials
 from tests.search.test_sweep import study, sweep_doc, ticket_runs

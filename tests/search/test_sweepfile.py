@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.sweep.file import dump_toml, load_sweep, sweep_from_dict
+from search.sweep.file import load_sweep, sweep_from_dict
 from search.sweep.overrides import read_toml
+from search.sweep.storage import dump_toml
 from trainables.config import ConfigError
 
 SWEEPS = sorted((Path(__file__).parents[2] / "sweeps").glob("*.toml"))

@@ -33,7 +33,7 @@ def test_registry_serves_every_configured_model_name():
 
 
 def test_registry_cases_cover_every_model():
-    # Language models take token ids and emit a logit per position: tests/test_lm.py covers them.
+    # Language models take token ids and emit a logit per position: tests/trainables/test_lm.py covers them.
     assert {name for name, _ in CASES} == set(MODELS) - set(LM_MODELS)
 
 

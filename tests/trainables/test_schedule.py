@@ -4,16 +4,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from search.sweep.file import load_sweep, sweep_from_dict
-from search.sweep.space import config_of
+from search.sweep.file import Sweep, load_sweep, sweep_from_dict
+from search.tune.study import param_space
 from trainables.config import ConfigError, Ticket
 from trainables.lottery import Lottery
 from trainables.pruning import schedule
+from trainables.trial import trial_ticket
 
 SWEEPS = Path(__file__).parents[2] / "sweeps"
+
+
+def config_of(params: dict[str, Any], sweep: Sweep) -> Ticket:
+    """The ticket a trial of `sweep` searches, the way Ray and Optuna build it: the param space's constants
+    overridden by the trial's suggested params, read by the trial itself (`trial_ticket`)."""
+    return trial_ticket({**param_space(sweep), **params})
+
+
 SMALL = {"model.name": "mlp", "model.widths": "16", "train.epochs": 1, "train.device": "cpu"}  # output: 13.5%
 
 

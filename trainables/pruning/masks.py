@@ -93,7 +93,7 @@ def layer_density(mask: Mask) -> dict[str, float]:
 
 def kept_shares(mask: Mask, output: str | None) -> tuple[float, float]:
     """(kept entries outside layer `output`, kept entries in it), each as a fraction of all entries: the
-    `pool` and `output` of the IMP arithmetic in trainables/schedule.py."""
+    `pool` and `output` of the IMP arithmetic in schedule.py."""
     total = sum(m.numel() for m in mask.values())
     if not total:
         return 1.0, 0.0
