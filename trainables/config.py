@@ -178,13 +178,9 @@ class Ticket:
         flat = self.flat()
         if self.prune.levels is None and (self.prune.target_density is None or self.prune.method != "imp"):
             flat["prune.levels"] = LEVELS_WITHOUT_TARGET
-        changed = {k: _jsonable(v) for k, v in flat.items() if v != _ID_DEFAULTS[k] and k not in NOT_IN_ID}
-        blob = json.dumps(changed, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:10]
-
-
-def _jsonable(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+        changed = {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()
+                   if v != _ID_DEFAULTS[k] and k not in NOT_IN_ID}
+        return hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:10]
 
 
 TYPES: dict[str, Any] = {f"{s}.{f.name}": typing.get_type_hints(c)[f.name]
@@ -217,7 +213,9 @@ def register_names(key: str, names: Iterable[str], *, prefix: str = "", shown: s
     """A registry declares valid values of `key` (several may add to one key, in import order)."""
     if key not in TYPES:
         raise KeyError(key)
-    _NAMES.setdefault(key, []).append(_Names(tuple(names), prefix, shown or (f"{prefix}<name>" if prefix else "")))
+    entry = _Names(tuple(names), prefix, shown or (f"{prefix}<name>" if prefix else ""))
+    if entry not in _NAMES.setdefault(key, []):  # a registry imported twice (a reload) registers once
+        _NAMES[key].append(entry)
 
 
 def register_check(check: Callable[[Ticket], None]) -> None:
