@@ -39,7 +39,7 @@ from trainables.tasks.base import Task
 from trainables.tasks.registry import build_model, make_task
 from trainables.training.device import resolve_device
 from trainables.training.loop import Hooks, train_members
-from trainables.training.members import Member
+from trainables.training.members import TICKET, Member
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -92,7 +92,7 @@ class Lottery:
         tickets, others = [], []
         for r in range(p.replicates):
             mask = self.state.masks[r]
-            tickets.append(Member("ticket", r, self._rewound(r), mask))
+            tickets.append(Member(TICKET, r, self._rewound(r), mask))
             if mk.density(mask) >= 1.0:
                 continue  # a dense level has nothing to control for
             output = mk.output_param(tickets[-1].model)
@@ -130,7 +130,7 @@ class Lottery:
             return  # level 0 is trained by _train_level like any other level
         k = p.rewind_iter
         if k > 0 or p.early_bird:
-            members = [Member("ticket", r, m, self.state.masks[r]) for r, m in enumerate(models)]
+            members = [Member(TICKET, r, m, self.state.masks[r]) for r, m in enumerate(models)]
             stop = self.total if p.early_bird else k
             end = train_members(members, self.task, self.ticket.train, start=0, stop=stop,
                                 hooks=self._hooks(0, 0, members))
@@ -171,13 +171,13 @@ class Lottery:
         end = train_members(members, self.task, self.ticket.train, start=start, stop=self.total,
                             capture_at=capture, hooks=self._hooks(level, start, members))
         if level == 0:
-            tickets = [m for m in members if m.name == "ticket"]
+            tickets = [m for m in members if m.name == TICKET]
             if capture is not None:  # rewind point k > 0 (or the Early-Bird point if training stopped first)
                 self.state.rewind = [_copy(m.snapshot or m.model.state_dict()) for m in tickets]
                 self.state.start_iter = min(capture, end)
             self._trained = tickets
         else:
-            self._trained = [m for m in members if m.name == "ticket"]
+            self._trained = [m for m in members if m.name == TICKET]
         epochs = (end - start) / self.ipe
         self.state.epochs_total += epochs
         rows = [self._member_result(m) for m in members]
@@ -248,7 +248,7 @@ class Lottery:
     def _report(self, level: int, start: int, it: int, members: list[Member]) -> None:
         if self.on_epoch is None:
             return
-        tickets = [m.history[-1] for m in members if m.name == "ticket"]
+        tickets = [m.history[-1] for m in members if m.name == TICKET]
         row: dict[str, Any] = {
             "level": level, "iteration": it, "epoch": it / self.ipe,
             "epochs_total": self.state.epochs_total + (it - start) / self.ipe,

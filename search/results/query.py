@@ -110,7 +110,7 @@ def get_ticket_run(client: MlflowClient, run_id: str) -> Run:
     """The run `run_id`, checked to be a ticket run (not a trial, a sweep or a control)."""
     run = get_run(client, run_id)
     tags = run.data.tags
-    if tags.get(S.KIND) != S.TICKET or tags.get(S.TAG_MEMBER) != "ticket":
+    if tags.get(S.KIND) != S.TICKET or tags.get(S.TAG_MEMBER) != S.MEMBER_TICKET:
         kind = tags.get(S.KIND, "untagged")
         member = f" (member {tags[S.TAG_MEMBER]})" if S.TAG_MEMBER in tags else ""
         raise ConfigError(f"run {run_id} is not a ticket run: it is a {kind} run{member}")
@@ -166,7 +166,7 @@ def ticket_filter(*, max_density: float | None = None, dataset: str | None = Non
                   scorer: str | None = None, model: str | None = None, controls: bool = False) -> str:
     """The filter string of the "best tickets" query (MLflow filters know `and` only); with
     `controls=True` the same filters select the control runs instead."""
-    member = "!= 'ticket'" if controls else "= 'ticket'"
+    member = f"!= '{S.MEMBER_TICKET}'" if controls else f"= '{S.MEMBER_TICKET}'"
     clauses = [f"tags.{S.KIND} = '{S.TICKET}'", f"tags.{S.TAG_MEMBER} {member}"]
     if max_density is not None:
         if not (isinstance(max_density, int | float) and 0 < max_density <= 1):

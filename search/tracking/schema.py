@@ -17,12 +17,14 @@ experiment = sweep name
 from __future__ import annotations
 
 from trainables import paths
+from trainables.training import members
 
 KIND = "kind"  # sweep | trial | ticket
 SWEEP, TRIAL, TICKET = "sweep", "trial", "ticket"
 TAG_SWEEP = "sweep"
 TAG_TRIAL = "trial"
-TAG_MEMBER = "member"  # "ticket" or the control's name
+TAG_MEMBER = "member"  # MEMBER_TICKET or the control's name
+MEMBER_TICKET = members.TICKET  # the tag value of the ticket itself (trainables' member name)
 TAG_LEVEL = "level"
 TAG_KEY = "ticket_key"  # <trial>/<level>/<member>: the identity that makes a ticket run exactly-once
 TAG_TICKET_ID = "ticket_id"  # Ticket.id of the trial's config

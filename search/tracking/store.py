@@ -173,7 +173,7 @@ def log_rewind(client: MlflowClient, trial_run: str, rewind: dict[str, torch.Ten
 
 def members_of(result: LevelResult) -> list[str]:
     """The members of a level that get a ticket run: the ticket and each control."""
-    return ["ticket", *result.controls]
+    return [S.MEMBER_TICKET, *result.controls]
 
 
 def log_ticket_run(client: MlflowClient, tracking: Tracking, *, trial_id: str, trial_run: str,
@@ -189,7 +189,7 @@ def log_ticket_run(client: MlflowClient, tracking: Tracking, *, trial_id: str, t
     key = ticket_key(tracking, trial_id, result.level, member)
     # Stage the files before any run exists: a disk error here leaves nothing half-logged behind.
     with tempfile.TemporaryDirectory(prefix="ticket-mask-", dir=scratch or None) as tmp:
-        if member == "ticket":
+        if member == S.MEMBER_TICKET:
             stage_mask_artifacts(Path(tmp), result)
         for run in found:
             client.delete_run(run.info.run_id)  # half-logged when its writer died: replace it
@@ -203,7 +203,7 @@ def log_ticket_run(client: MlflowClient, tracking: Tracking, *, trial_id: str, t
         client.log_batch(run_id, metrics=metrics, params=params[:MAX_PARAMS_PER_BATCH])  # one call
         for i in range(MAX_PARAMS_PER_BATCH, len(params), MAX_PARAMS_PER_BATCH):
             client.log_batch(run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
-        if member == "ticket":
+        if member == S.MEMBER_TICKET:
             client.log_artifacts(run_id, tmp)
         client.set_terminated(run_id, "FINISHED")  # last: only a complete ticket run is FINISHED
     return True
@@ -224,7 +224,7 @@ def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
     m = {k: float(getattr(result, k)) for k in S.TICKET_METRICS
          if k not in ("sparsity", "collapsed") and hasattr(result, k)}
     m["collapsed"] = float(result.collapsed)
-    if member != "ticket":
+    if member != S.MEMBER_TICKET:
         c = result.controls[member]
         m.update({k: float(v) for k, v in c.items()})
         m["advantage"] = result.advantage[member]

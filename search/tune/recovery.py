@@ -96,6 +96,6 @@ def settle_finished(tracking: Tracking, study: optuna.Study, metrics: list[str])
 def _last_ticket(client: MlflowClient, tracking: Tracking, trial_run: str) -> Run | None:
     """The ticket run of a trial's final level: the values Ray reported last (val_score, sparsity)."""
     runs = store.search_all(client, tracking.experiment_id,
-                            f"tags.{S.KIND} = '{S.TICKET}' and tags.{S.TAG_MEMBER} = 'ticket' and "
+                            f"tags.{S.KIND} = '{S.TICKET}' and tags.{S.TAG_MEMBER} = '{S.MEMBER_TICKET}' and "
                             f"tags.`{S.PARENT_TAG}` = '{trial_run}'")
     return max(runs, key=lambda r: int(r.data.tags.get(S.TAG_LEVEL, -1)), default=None)

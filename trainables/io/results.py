@@ -16,6 +16,7 @@ from typing import Any
 from trainables import paths
 from trainables.io import maskio
 from trainables.pruning.masks import Mask
+from trainables.training.members import TICKET
 
 
 @dataclass
@@ -85,7 +86,7 @@ class LevelResult:
 def summarise(level: int, members: list[MemberResult], masks: list[Mask], layer_density: dict[str, float],
               collapsed_layers: list[str], epochs: float, iterations: int, wall_s: float) -> LevelResult:
     """Aggregate member results: ticket metrics as mean/std over replicates, controls as means."""
-    tickets = [m for m in members if m.member == "ticket"]
+    tickets = [m for m in members if m.member == TICKET]
 
     def mean(rows: list[MemberResult], key: str) -> float:
         return statistics.fmean(getattr(r, key) for r in rows)
@@ -94,7 +95,7 @@ def summarise(level: int, members: list[MemberResult], masks: list[Mask], layer_
         return statistics.pstdev([getattr(r, key) for r in rows]) if len(rows) > 1 else 0.0
 
     controls: dict[str, dict[str, float]] = {}
-    for name in dict.fromkeys(m.member for m in members if m.member != "ticket"):
+    for name in dict.fromkeys(m.member for m in members if m.member != TICKET):
         rows = [m for m in members if m.member == name]
         controls[name] = {k: mean(rows, k) for k in ("val_acc", "test_acc", "val_score", "test_score",
                                                      "density")}

@@ -14,6 +14,8 @@ from torch import nn
 
 from trainables.pruning.masks import Mask
 
+TICKET = "ticket"  # the member that is the ticket itself (replicate seeds too); a control is named after itself
+
 
 class Diverged(RuntimeError):
     """A member's loss became NaN or infinite."""
@@ -23,7 +25,7 @@ class Diverged(RuntimeError):
 class Member:
     """One model trained inside a trial, with its own weights, mask and optimizer."""
 
-    name: str  # "ticket" or a control name
+    name: str  # TICKET or a control's name
     replicate: int
     model: nn.Module
     mask: Mask | None = None
