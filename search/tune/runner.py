@@ -33,6 +33,7 @@ from search.tune.recovery import close_orphans, settle_finished
 from search.tune.study import optuna_storage
 from search.tune.tuner import build_tuner, restore_tuner
 from trainables.config import ConfigError
+from trainables.io.maskio import write_atomically
 from trainables.tasks.registry import shapes as task_shapes
 
 # Checkpoints at every level boundary are the design; Ray's warning about frequent snapshots is noise here.
@@ -60,9 +61,10 @@ def sweep_params(sweep: Sweep) -> dict[str, Any]:
 
 
 def save_record(sweep: Sweep) -> None:
+    """Record the resolved sweep for `resume`, atomically: a driver killed mid-write leaves the old record."""
     path = record_path(sweep.root, sweep.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(sweep.to_toml_dict(), indent=2, default=str))
+    write_atomically(path, json.dumps(sweep.to_toml_dict(), indent=2, default=str).encode(), "sweep record")
 
 
 def load_record(name: str, root: str | Path = DEFAULT_ROOT) -> Sweep:
