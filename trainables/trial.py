@@ -114,7 +114,7 @@ def run_trial(config: Mapping[str, Any], reporter: Reporter, sink: Sink | None =
         last_row.update(row)
         if row["iteration"] < lottery.total:  # the level's last evaluation is reported with its checkpoint
             reporter.report({**row, "sparsity": 1 - row["density"], "collapsed": 0, "level_done": False,
-                         "final": False, "diverged": 0})
+                             "final": False, "diverged": 0})
 
     try:
         lottery = Lottery(ticket, state=state, on_epoch=on_epoch)
