@@ -21,13 +21,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks import reference
 from benchmarks.common import Row, cpu_clock, overhead, speedup, threads
-from trainables import masks as mk
-from trainables import population
 from trainables.config import Ticket
 from trainables.lottery import Lottery
-from trainables.population import _Population
-from trainables.tasks import Classification
-from trainables.train import Member, _Stepper, train_members
+from trainables.pruning import masks as mk
+from trainables.tasks.classification.task import Classification
+from trainables.training import population
+from trainables.training.loop import train_members
+from trainables.training.members import Member
+from trainables.training.population import Population
+from trainables.training.steppers import OneByOne
 
 DIGITS = {"data.name": "digits", "model.name": "lenet300", "train.device": "cpu", "train.batch_size": 64}
 
@@ -148,23 +150,24 @@ def mask_cost(reps: int, members: int = 8) -> list[Row]:
     task, cfg, ipe = lot.task, lot.ticket.train, lot.task.iters_per_epoch()
     model = lot.new_model(0)
     mask = _sparse_mask(model, 0.2, 0)
-    solo = {k: _Stepper(Member("ticket", 0, copy.deepcopy(model), m), cfg) for k, m in (("on", mask), ("off", None))}
+    solo = {k: OneByOne([Member("ticket", 0, copy.deepcopy(model), m)], task, cfg)
+            for k, m in (("on", mask), ("off", None))}
     models = [lot.new_model(i) for i in range(members)]
-    pops = {k: _Population([Member("m", i, copy.deepcopy(mod), _sparse_mask(mod, 0.2, i) if k == "on" else None)
-                            for i, mod in enumerate(models)], task, cfg, None, probe=task.batch(0))
+    pops = {k: Population([Member("m", i, copy.deepcopy(mod), _sparse_mask(mod, 0.2, i) if k == "on" else None)
+                           for i, mod in enumerate(models)], task, cfg)
             for k in ("on", "off")}
     its = {k: [0] for k in ("solo-on", "solo-off", "pop-on", "pop-off")}
 
     def solo_step(key: str) -> Callable[[], None]:
         def run() -> None:
             its["solo-" + key][0] += 1
-            solo[key].step(task, its["solo-" + key][0], cfg.lr)
+            solo[key].step(its["solo-" + key][0], cfg.lr)
         return run
 
     def pop_step(key: str) -> Callable[[], None]:
         def run() -> None:
             its["pop-" + key][0] += 1
-            pops[key].step(task.batch(its["pop-" + key][0]), cfg.lr)
+            pops[key].step(its["pop-" + key][0], cfg.lr)
         return run
 
     return [overhead("2", "mask cost: masked vs unmasked step, 1 member (per epoch)", ("masked", solo_step("on")),

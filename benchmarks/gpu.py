@@ -28,12 +28,13 @@ import torch
 from rich.console import Console
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Row, machine
+from benchmarks.common import Row, Sizes, machine, markdown, table
 from benchmarks.engine import path
 from trainables.config import Ticket
 from trainables.lottery import Lottery
-from trainables.population import _Population, train_population
-from trainables.train import Member, train_members
+from trainables.training.loop import train_members, train_population
+from trainables.training.members import Member
+from trainables.training.population import Population
 
 PEAK_TFLOPS = 790.0  # dense bf16 matrix throughput of an H200, TFLOP/s (the brief's figure)
 OUT = Path(__file__).with_name("RESULTS_GPU.md")
@@ -99,12 +100,11 @@ def throughput(device: torch.device, counts: list[int], bf16: bool, peak_tflops:
     rows = []
     for m in counts:
         for dtype in [None, torch.bfloat16] if bf16 else [None]:
-            pop = _Population([Member("m", i, lot.new_model(i)) for i in range(m)], task, cfg, dtype,
-                              probe=task.batch(0))
+            pop = Population([Member("m", i, lot.new_model(i)) for i in range(m)], task, cfg, autocast=dtype)
 
-            def run(pop: _Population = pop) -> None:
+            def run(pop: Population = pop) -> None:
                 for it in range(steps):
-                    pop.step(task.batch(it), cfg.lr)
+                    pop.step(it, cfg.lr)
 
             run()  # warm-up
             seconds = _timed(run, device)
@@ -121,7 +121,6 @@ def packing(trials: int, epochs: int) -> list[Row]:
     """The same sweep at resources.gpu 1 vs 0.25; each trial trains 8 members (4 replicates + reinit) batched."""
     import ray
 
-    from benchmarks.run import Sizes
     from benchmarks.service import sweep_doc, timed_sweep  # imported late: Ray and MLflow only here
 
     sizes = Sizes(reps=1, long_reps=1, imp_epochs=epochs, population_epochs=epochs, sweep_trials=trials,
@@ -164,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         rows += throughput(device, counts, args.bf16, args.peak_tflops, args.steps)
     if "packing" in parts and device.type == "cuda":
         rows += packing(args.trials, args.epochs)
-    from benchmarks.run import markdown, table
 
     Console(width=150).print(table(rows))
     if args.out:

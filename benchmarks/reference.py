@@ -23,9 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from trainables.config import LEVELS_WITHOUT_TARGET, Ticket
-from trainables.data import Dataset, Split
-from trainables.data import load as load_data
-from trainables.models import build as build_model
+from trainables.models.registry import build as build_model
+from trainables.tasks.classification.data import Dataset, Split
+from trainables.tasks.classification.data import load as load_data
 
 EVAL_BATCH = 256  # examples per evaluation batch, the usual test-loader setting
 

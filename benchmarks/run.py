@@ -17,35 +17,15 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks import engine
-from benchmarks.common import Row, machine
+from benchmarks.common import FULL, QUICK, Row, Sizes, machine, markdown, table
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-
-
-@dataclass(frozen=True)
-class Sizes:
-    reps: int  # repetitions of the quick engine benchmarks (1-3)
-    long_reps: int  # repetitions of the long ones (4-6)
-    imp_epochs: int  # epochs per IMP level in 4
-    population_epochs: int
-    sweep_trials: int  # trials per sweep in 5
-    trial_epochs: int  # epochs per level of a sweep's trial
-    search_seeds: int  # repetitions of 7 (each is two whole sweeps)
-    search_trials: int = 8  # trials per sweep in 7: TPE samples its first 10 at random, so it needs more
-
-
-QUICK = Sizes(reps=5, long_reps=1, imp_epochs=2, population_epochs=1, sweep_trials=8, trial_epochs=2,
-              search_seeds=1, search_trials=8)
-FULL = Sizes(reps=9, long_reps=3, imp_epochs=5, population_epochs=2, sweep_trials=16, trial_epochs=6,
-             search_seeds=5, search_trials=32)
 
 
 def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:
@@ -66,48 +46,6 @@ def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:
         "6": service("tracking"),
         "7": service("search_efficiency"),
     }
-
-
-def table(rows: list[Row]) -> Table:
-    t = Table(title="ticket-search benchmarks (ratios measured side by side)")
-    for col in ("#", "benchmark", "ours", "theirs", "ratio", "target", "met?"):
-        t.add_column(col, justify="right" if col in ("ratio", "target") else "left")
-    for r in rows:
-        t.add_row(r.number, r.name, f"{r.ours}: {_fmt(r.ours_value, r.unit)}",
-                  f"{r.theirs}: {_fmt(r.theirs_value, r.unit)}", _ratio(r), r.target_text,
-                  "[green]yes[/]" if r.met else "[red]no[/]")
-    return t
-
-
-def _ratio(r: Row) -> str:
-    return f"{r.ratio:.2%}" if r.kind == "report" else f"{r.ratio:.2f}x"
-
-
-def _fmt(value: float, unit: str) -> str:
-    if unit != "s":
-        return f"{value:.3g} {unit}"
-    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def markdown(rows: list[Row], info: dict[str, str], command: str, quick: bool) -> str:
-    lines = ["# Benchmark results", "", f"Command: `{command}`" + (" (quick sizes)" if quick else ""), ""]
-    lines += [f"- {k}: {v}" for k, v in info.items()]
-    lines += ["", "Each row times ours and theirs alternately in one process and reports the median of per-repetition "
-              "ratios. Rows 1-4 run on one torch thread and are timed in CPU seconds of the process (immune to other "
-              "tenants' load on a shared machine); 3a and rows 5-7 are wall time. Per-row notes and the reasons "
-              "for missed targets follow the table.", ""]
-    lines += ["| # | benchmark | ours | theirs | ratio | target | met? |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.number} | {r.name} | {r.ours}: {_fmt(r.ours_value, r.unit)} | "
-                     f"{r.theirs}: {_fmt(r.theirs_value, r.unit)} | {_ratio(r)} | {r.target_text} | "
-                     f"{'yes' if r.met else '**no**'} |")
-    notes = [f"- {r.number}: {r.note}" for r in rows if r.note]
-    if notes:
-        lines += ["", "## Notes", "", *notes]
-    misses = [f"- {r.number} ({r.shortfall}): {r.why or 'no explanation recorded'}" for r in rows if not r.met]
-    if misses:
-        lines += ["", "## Targets missed, by how much and why", "", *misses]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

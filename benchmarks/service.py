@@ -24,19 +24,17 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+from typing import Any  # noqa: E402
 
 import ray  # noqa: E402
 
-from benchmarks.common import Row, overhead  # noqa: E402
+from benchmarks.common import Row, Sizes, overhead  # noqa: E402
 from benchmarks.trial import one_thread, plain_trial  # noqa: E402
-from search.runner import SweepOutcome, run_sweep  # noqa: E402
-from search.sweepfile import Sweep, sweep_from_dict  # noqa: E402
-from search.tracking import MlflowSink, prepare  # noqa: E402
+from search.sweep.file import Sweep, sweep_from_dict  # noqa: E402
+from search.tracking.sink import MlflowSink  # noqa: E402
+from search.tracking.store import prepare  # noqa: E402
+from search.tune.runner import SweepOutcome, run_sweep  # noqa: E402
 from trainables.config import KEYS  # noqa: E402
-
-if TYPE_CHECKING:
-    from benchmarks.run import Sizes
 
 WITHIN = 0.005  # "within 0.5 points" of the best ticket, as a fraction (val_score is an accuracy)
 TARGET_DENSITY = 0.2

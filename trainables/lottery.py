@@ -10,6 +10,9 @@ all pure functions of seeds and the global iteration.
   `prune.rewind_iter` (0 = the original initialisation) and retrains from there.
 - `init`: train to the rewind point (or an Early-Bird ticket), score and prune to
   `prune.target_density` in `prune.iterations` rounds, train once (reported as level 1).
+
+Each level's members are assembled here: the ticket per replicate seed, then each replicate's controls
+(trainables/pruning/controls.py). Every random draw comes from a named seed stream (trainables/seeds.py).
 """
 
 from __future__ import annotations
@@ -17,55 +20,28 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from trainables import masks as mk
-from trainables import schedule, scorers
+from trainables import seeds
 from trainables.config import ConfigError, Ticket
-from trainables.controls import build_members
-from trainables.earlybird import EarlyBird
-from trainables.results import LevelResult, MemberResult, summarise
-from trainables.tasks import Task, build_model, make_task
-from trainables.train import Hooks, Member, train_members
+from trainables.io.checkpoint import State, StateDict
+from trainables.io.maskio import load_init_mask
+from trainables.io.results import LevelResult, MemberResult, summarise
+from trainables.pruning import controls, schedule, scorers
+from trainables.pruning import masks as mk
+from trainables.pruning.earlybird import EarlyBird
+from trainables.pruning.imp import level_mask
+from trainables.pruning.masks import refit
+from trainables.tasks.base import Task
+from trainables.tasks.registry import build_model, make_task
+from trainables.training.device import resolve_device
+from trainables.training.loop import Hooks, train_members
+from trainables.training.members import TICKET, Member
 
-StateDict = dict[str, torch.Tensor]
 EpochCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class State:
-    """Everything needed to continue a ticket search at a level boundary."""
-
-    level: int = 0  # the next level to train
-    done: bool = False
-    results: list[LevelResult] = field(default_factory=list)
-    masks: list[mk.Mask] = field(default_factory=list)  # per replicate: the mask the next level uses
-    rewind: list[StateDict] = field(default_factory=list)  # per replicate: weights at the rewind point
-    start_iter: int = 0  # iteration the next level starts training at (the rewind point)
-    epochs_total: float = 0.0  # epochs trained so far, all levels and members' shared passes
-    early_bird_epoch: int | None = None
-    early_bird: dict[str, Any] | None = None  # EarlyBird.state_dict()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda was asked for but no GPU is visible; valid choices: auto, cpu")
-    return torch.device(name)
-
-
-def load_init_mask(path: str) -> mk.Mask:
-    """Read a transferred ticket's mask (a file; `runs:/` URIs are resolved by search/ first)."""
-    from trainables import maskio
-
-    if "://" in path or path.startswith("runs:/"):
-        raise ConfigError(f"prune.init_mask: '{path}' is a URI; resolve it with the search service first")
-    return maskio.load(path)
 
 
 class Lottery:
@@ -108,14 +84,28 @@ class Lottery:
         return build_model(self.ticket, self.task.input_shape, self.task.num_outputs).to(self.device)
 
     def init_seed(self, replicate: int) -> int:
-        return self.ticket.train.seed * 1000 + replicate
+        return seeds.init(self.ticket.train.seed, replicate)
 
-    def seed(self, *parts: int) -> int:
-        """A seed derived from train.seed and `parts` (int tuples hash the same in every process)."""
-        return hash((self.ticket.train.seed, *parts)) % 2**62
+    def members(self, level: int) -> list[Member]:
+        """A level's members: tickets first (replicate order), then each replicate's controls."""
+        p, seed = self.ticket.prune, self.ticket.train.seed
+        tickets, others = [], []
+        for r in range(p.replicates):
+            mask = self.state.masks[r]
+            tickets.append(Member(TICKET, r, self._rewound(r), mask))
+            if mk.density(mask) >= 1.0:
+                continue  # a dense level has nothing to control for
+            output = mk.output_param(tickets[-1].model)
+            for name in p.controls:
+                control, gen = controls.get(name), seeds.control_mask(seed, r, level, name)
+                model = self.new_model(seeds.control_init(seed, r, level)) if control.fresh_init else self._rewound(r)
+                others.append(Member(name, r, model, control.mask(mask, gen, output)))
+        return tickets + others
 
-    def _generator(self, *parts: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed(*parts))
+    def _rewound(self, replicate: int) -> nn.Module:
+        model = self.new_model(self.init_seed(replicate))
+        model.load_state_dict(self.state.rewind[replicate])
+        return model
 
     # -- the search --------------------------------------------------------------------------------
     def run(self) -> Iterator[LevelResult]:
@@ -140,7 +130,7 @@ class Lottery:
             return  # level 0 is trained by _train_level like any other level
         k = p.rewind_iter
         if k > 0 or p.early_bird:
-            members = [Member("ticket", r, m, self.state.masks[r]) for r, m in enumerate(models)]
+            members = [Member(TICKET, r, m, self.state.masks[r]) for r, m in enumerate(models)]
             stop = self.total if p.early_bird else k
             end = train_members(members, self.task, self.ticket.train, start=0, stop=stop,
                                 hooks=self._hooks(0, 0, members))
@@ -151,7 +141,7 @@ class Lottery:
                 raise ConfigError("prune.early_bird: no Early-Bird ticket appeared within train.epochs; "
                                   "raise prune.eb_epsilon or train.epochs")
         d = p.target_density or 1.0
-        out_d = _output_density_for(d, p.rate, p.output_rate)
+        out_d = schedule.output_density_for(d, p.rate, p.output_rate)
         for r, m in enumerate(models):
             m.load_state_dict(self.state.rewind[r])
             self.state.masks[r] = scorers.prune_at_init(
@@ -162,32 +152,32 @@ class Lottery:
     def _first_mask(self, model: nn.Module, replicate: int) -> mk.Mask:
         mask = mk.ones(model, bias=self.ticket.prune.bias)
         if self.ticket.prune.init_mask:
-            mask = mk.refit(load_init_mask(self.ticket.prune.init_mask), model,
-                            self._generator(replicate, 17))
+            mask = refit(load_init_mask(self.ticket.prune.init_mask), model,
+                         seeds.transfer(self.ticket.train.seed, replicate))
         return mask
 
     def _score_ctx(self, replicate: int) -> scorers.ScoreContext:
         return scorers.ScoreContext(batches=self.task.score_batches(), loss=self.task.loss,
                                     input_shape=self.task.input_shape,
-                                    generator=self._generator(replicate, self.state.level, 29))
+                                    generator=seeds.scoring(self.ticket.train.seed, replicate, self.state.level))
 
     def _train_level(self) -> LevelResult:
         """Build this level's members, train them together from the rewind point, summarise."""
         level, start = self.state.level, self.state.start_iter if self.state.level > 0 else 0
         t0 = time.perf_counter()
-        members = build_members(self, level)
-        torch.manual_seed(self.seed(level, 31))  # any in-model randomness (dropout in tv: models)
+        members = self.members(level)
+        torch.manual_seed(seeds.level(self.ticket.train.seed, level))  # in-model randomness (dropout in tv: models)
         capture = self.ticket.prune.rewind_iter if (level == 0 and self.ticket.prune.rewind_iter) else None
         end = train_members(members, self.task, self.ticket.train, start=start, stop=self.total,
                             capture_at=capture, hooks=self._hooks(level, start, members))
         if level == 0:
-            tickets = [m for m in members if m.name == "ticket"]
+            tickets = [m for m in members if m.name == TICKET]
             if capture is not None:  # rewind point k > 0 (or the Early-Bird point if training stopped first)
                 self.state.rewind = [_copy(m.snapshot or m.model.state_dict()) for m in tickets]
                 self.state.start_iter = min(capture, end)
             self._trained = tickets
         else:
-            self._trained = [m for m in members if m.name == "ticket"]
+            self._trained = [m for m in members if m.name == TICKET]
         epochs = (end - start) / self.ipe
         self.state.epochs_total += epochs
         rows = [self._member_result(m) for m in members]
@@ -224,8 +214,8 @@ class Lottery:
         base = self.state.results[0].masks
         for r, m in enumerate(self._trained):
             scores = scorers.score(p.scorer, m.model, self.state.masks[r], self._score_ctx(r))
-            self.state.masks[r] = _imp_prune(scores, self.state.masks[r], base[r], nxt, p.rate,
-                                             p.output_rate, p.scope, mk.output_param(m.model))
+            self.state.masks[r] = level_mask(scores, self.state.masks[r], base[r], nxt, p.rate, p.output_rate,
+                                             p.scope, mk.output_param(m.model))
 
     def _hooks(self, level: int, start: int, members: list[Member]) -> Hooks:
         hooks = Hooks(epoch_end=lambda epoch, it, ms: self._report(level, start, it, ms))
@@ -240,7 +230,7 @@ class Lottery:
         if self.state.early_bird:
             detector.load_state_dict(self.state.early_bird)
         d = p.target_density if p.method == "init" and p.target_density else 1 - p.rate
-        out_d = _output_density_for(d, p.rate, p.output_rate)
+        out_d = schedule.output_density_for(d, p.rate, p.output_rate)
 
         def epoch_start(epoch: int, members: list[Member]) -> bool:
             first = members[0]
@@ -258,7 +248,7 @@ class Lottery:
     def _report(self, level: int, start: int, it: int, members: list[Member]) -> None:
         if self.on_epoch is None:
             return
-        tickets = [m.history[-1] for m in members if m.name == "ticket"]
+        tickets = [m.history[-1] for m in members if m.name == TICKET]
         row: dict[str, Any] = {
             "level": level, "iteration": it, "epoch": it / self.ipe,
             "epochs_total": self.state.epochs_total + (it - start) / self.ipe,
@@ -271,27 +261,3 @@ class Lottery:
 
 def _copy(sd: StateDict) -> StateDict:
     return {k: v.detach().clone() for k, v in sd.items()}
-
-
-def _output_density_for(density: float, rate: float, output_rate: float) -> float:
-    """Output-layer density matching `density` reached by IMP at `rate` (the output at its own rate)."""
-    if output_rate == 0 or density >= 1:
-        return 1.0
-    levels = math.log(density) / math.log(1 - rate)
-    return (1 - rate * output_rate) ** levels
-
-
-def _imp_prune(scores: dict[str, torch.Tensor], mask: mk.Mask, base: mk.Mask, level: int, rate: float,
-               output_rate: float, scope: str, output: str | None) -> mk.Mask:
-    """Mask of IMP level `level`: density base * (1-rate)^level, exact counts, output at its own rate."""
-    pool_d, out_d = schedule.level_densities(rate, output_rate, level)
-    out_base = mk.density({output: base[output]}) if output in base else 1.0
-    if scope == "global":
-        pool = {n: b for n, b in base.items() if n != output}
-        return mk.prune(scores, mask, mk.density(pool) * pool_d, scope="global", output=output,
-                        output_density=out_base * out_d)
-    new: mk.Mask = {}
-    for name in mask:  # layerwise: each layer keeps base_layer_density * (1-rate)^level
-        d = out_base * out_d if name == output else mk.density({name: base[name]}) * pool_d
-        new.update(mk.prune({name: scores[name]}, {name: mask[name]}, d, scope="layer"))
-    return new

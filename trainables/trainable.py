@@ -1,166 +1,42 @@
-"""The Ray Tune trainable: one trial = one ticket search, reported per evaluation, checkpointed per level.
+"""The Ray Tune trainable: one trial = one ticket search (trainables/trial.py), reporting to Tune.
 
 This is the only module of `trainables/` that imports Ray, and it imports only `ray.tune` (Ray 2.60's
-Train V2 makes `ray.train.*` raise inside Tune trainables). Tracking comes in from outside as a `Sink`
-object, so workers log with explicit run ids and `trainables/` never imports MLflow.
-
-Each evaluation (end of an epoch) is reported with `epochs_total` (cumulative epochs, the scheduler's
-time attribute); each level boundary is reported with the level's metrics and a checkpoint, from which
-a failed or resumed trial continues. A trial whose loss goes NaN/inf ends FAILED without a retry (it
-would diverge again), and so does one whose sampled configuration cannot run (a `prune.rewind_iter` past
-the end of training: a ConfigError, reported with `invalid`); any other error (a lost node, a full disk)
-fails the trial, and Ray restarts it from its last level checkpoint (`FailureConfig`).
+Train V2 makes `ray.train.*` raise inside Tune trainables). Tune gets every evaluation and, at each level
+boundary, the level's metrics with its checkpoint, from which a failed or resumed trial continues.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import tempfile
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from ray import tune
 
-from trainables import checkpoint
-from trainables.config import KEYS, ConfigError, Ticket
-from trainables.data import DatasetMissing
-from trainables.lottery import Lottery, State
-from trainables.results import LevelResult
-from trainables.train import Diverged
-
-QUICK_FINISH_S = 30.0  # s a failing trial waits for the tracking server: its own error comes first
-# s a trial Tune stopped waits for its queued records. Tune gives a stopped trial's thread 2 s
-# (TUNE_FUNCTION_THREAD_TIMEOUT_S) before it gives up reusing the actor; it then errors the NEXT trial on
-# that actor without telling the search algorithm, whose concurrency slot is never freed, and the sweep
-# hangs. What is still queued is logged by the driver's reconciliation from the level checkpoints.
-STOPPED_FINISH_S = 1.0
+from trainables.io import checkpoint
+from trainables.io.checkpoint import State
+from trainables.trial import Sink, run_trial
 
 
-class Sink(Protocol):
-    """Where a trial's records go (MLflow in the service); every call carries what it needs.
+class TuneReporter:
+    """Tune's side of a trial: its id, its last checkpoint, and `tune.report`."""
 
-    A sink queues what its server cannot take right now and keeps training going; `finish` waits for the
-    queue (up to `wait_s`, its own default when None) and raises if it cannot empty it."""
+    def trial_id(self) -> str:
+        return str(tune.get_context().get_trial_id())
 
-    @property
-    def seconds(self) -> float: ...  # wall seconds spent in tracking calls so far
+    def restore(self) -> State | None:
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as folder:
+            return checkpoint.load(folder)
 
-    def start(self, trial_id: str, flat: dict[str, Any]) -> None: ...
-
-    def catch_up(self, results: Sequence[LevelResult], rewind: dict[str, Any] | None) -> None: ...
-
-    def epoch(self, row: dict[str, Any]) -> None: ...
-
-    def level(self, result: LevelResult, rewind: dict[str, Any] | None) -> None: ...
-
-    def finish(self, status: str, reason: str = "", *, wait_s: float | None = None) -> None: ...
-
-
-class CheckpointWriteError(OSError):
-    """A level checkpoint could not be written (disk full, storage gone): the trial fails and Ray restarts
-    it from its last complete checkpoint."""
-
-
-def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
-    """The metrics reported to Ray at a level boundary."""
-    return {"level": result.level, "density": result.density, "sparsity": 1 - result.density,
-            "val_acc": result.val_acc, "val_loss": result.val_loss, "val_score": result.val_score,
-            "test_acc": result.test_acc, "test_score": result.test_score, "collapsed": int(result.collapsed),
-            "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0}
-
-
-def failed_metrics(flag: str, reason: str, state: State | None) -> dict[str, Any]:
-    """The last result of a trial that ends failed without a retry, `flag` ("diverged": its loss went NaN/inf;
-    "invalid": its configuration cannot run) set to 1, so the searcher tells Optuna FAIL with `reason`."""
-    density = state.results[-1].density if state is not None and state.results else 1.0
-    return {"level": state.level if state is not None else 0, "density": density, "sparsity": 1 - density,
-            "val_score": math.nan, "epochs_total": state.epochs_total if state is not None else 0.0,
-            "collapsed": 0, "level_done": False, "final": False, "diverged": 0, flag: 1, "status_reason": reason}
+    def report(self, metrics: dict[str, Any], folder: str | None = None) -> None:
+        if folder is None:
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def ticket_trial(config: dict[str, Any], sink: Sink | None = None, scratch: str = "") -> None:
     """Run one ticket search inside Ray Tune. `config` holds flat ticket keys (others are ignored);
     `scratch` is where checkpoints are staged before Ray takes them ("" = the system temp folder)."""
-    ticket = Ticket.from_flat({k: v for k, v in config.items() if k in KEYS})
-    state = _restore()
-    if sink is not None:
-        sink.start(tune.get_context().get_trial_id(), ticket.flat())
-        if state is not None:  # records still queued when the last process died are logged now
-            sink.catch_up(state.results, state.rewind[0] if state.rewind else None)
-    lottery: Lottery | None = None
-    last_row: dict[str, Any] = {}
-
-    def on_epoch(row: dict[str, Any]) -> None:
-        if sink is not None:
-            sink.epoch(row)
-        assert lottery is not None
-        last_row.clear()
-        last_row.update(row)
-        if row["iteration"] < lottery.total:  # the level's last evaluation is reported with its checkpoint
-            tune.report({**row, "sparsity": 1 - row["density"], "collapsed": 0, "level_done": False,
-                         "final": False, "diverged": 0})
-
-    try:
-        lottery = Lottery(ticket, state=state, on_epoch=on_epoch)
-        for result in lottery.run():
-            rewind = lottery.state.rewind[0] if result.level == 0 or ticket.prune.method == "init" else None
-            if sink is not None:
-                sink.level(result, rewind)
-            metrics = {**level_metrics(result, lottery.state), "tracking_s": sink.seconds if sink else 0.0}
-            if "iterations_total" in last_row:  # the step of the level's last evaluation, as the sink logged it
-                metrics["iterations_total"] = last_row["iterations_total"]
-            _report_with_checkpoint(metrics, lottery.state, scratch, ticket.flat())
-    except Diverged as e:  # deterministic: a retry would diverge again, so the trial ends here, failed
-        assert lottery is not None
-        tune.report(failed_metrics("diverged", f"diverged: {e}", lottery.state))
-        if sink is not None:
-            sink.finish("FAILED", f"diverged: {e}")
-        return
-    except ConfigError as e:
-        if isinstance(e, DatasetMissing):  # a node without the data: another node may have it
-            if sink is not None:
-                _quietly(sink, "FAILED", f"{type(e).__name__}: {e}")
-            raise
-        metrics = failed_metrics("invalid", f"invalid configuration: {e}",
-                                 lottery.state if lottery is not None else state)
-        tune.report(metrics)  # deterministic, like divergence: the trial ends failed, without a retry
-        if sink is not None:
-            sink.finish("FAILED", metrics["status_reason"])
-        return
-    except Exception as e:
-        if sink is not None:
-            _quietly(sink, "FAILED", f"{type(e).__name__}: {e}")
-        raise
-    except BaseException:  # Tune stops a trial (scheduler, stopper, max_t) by raising SystemExit in its thread
-        if sink is not None:  # stopped at its last level (max_t) it ran every level: FINISHED, not KILLED
-            done = lottery is not None and lottery.state.done
-            _quietly(sink, "FINISHED" if done else "KILLED", wait_s=STOPPED_FINISH_S)  # the driver records why
-        raise
-    if sink is not None:
-        sink.finish("FINISHED")
-
-
-def _report_with_checkpoint(metrics: dict[str, Any], state: State, scratch: str, config: dict[str, Any]) -> None:
-    """Write the level checkpoint under `scratch` (atomically, see checkpoint.save) and hand it to Ray."""
-    try:
-        with tempfile.TemporaryDirectory(prefix="ticket-ckpt-", dir=scratch or None) as folder:
-            checkpoint.save(state, folder, config)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-    except OSError as e:
-        raise CheckpointWriteError(f"level {metrics['level']} checkpoint not written under "
-                                   f"{scratch or tempfile.gettempdir()}: {e}") from e
-
-
-def _quietly(sink: Sink, status: str, reason: str = "", wait_s: float = QUICK_FINISH_S) -> None:
-    """Record a failing or stopped trial's status without masking why it ends (and without waiting long)."""
-    with contextlib.suppress(Exception):  # the trial's own error or stop is what Ray must see
-        sink.finish(status, reason, wait_s=wait_s)
-
-
-def _restore() -> State | None:
-    ckpt = tune.get_checkpoint()
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as folder:
-        return checkpoint.load(folder)
+    run_trial(config, TuneReporter(), sink, scratch)

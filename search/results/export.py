@@ -1,0 +1,75 @@
+"""Exporting a ticket run to a folder: its mask, density, rewind weights and config, to rebuild it anywhere.
+
+The files are downloaded one by name and validated (artifacts.py), then copied under the fixed names of
+trainables/paths.py into the destination; run ids must be MLflow run ids (32 hex characters).
+`trainables.io.ticketio.load_ticket` reads an exported folder back into a network.
+
+Example:
+    >>> export_ticket("3f2a...", "exported/", "sqlite:///runs/mlflow.db")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from search.results.artifacts import download
+from search.results.query import check_run_id, client_for, get_ticket_run
+from search.tracking import schema as S
+from trainables.config import ConfigError, Ticket
+from trainables.io import maskio
+from trainables.io.ticketio import load_rewind
+from trainables.paths import DENSITY_FILE, MASK_FILE, REWIND_FILE, TICKET_JSON
+from trainables.tasks.registry import shapes as task_shapes
+
+
+def _density_doc(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"artifact {DENSITY_FILE}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"artifact {DENSITY_FILE}: expected a JSON object")
+    return doc
+
+
+def _shape(ticket: Ticket) -> tuple[list[int] | None, int | None]:
+    """Input shape and output count (classes, vocabulary, actions), recorded so that loading the ticket
+    needs no data."""
+    try:
+        shape, outputs = task_shapes(ticket)
+    except ConfigError:  # data not on this machine: load_ticket will read it where it is
+        return None, None
+    return list(shape), outputs
+
+
+def export_ticket(run_id: str, out: str | Path, tracking_uri: str | None = None) -> Path:
+    """Write `out/{ticket.json, mask.safetensors, rewind.safetensors, density.json}` for a ticket run."""
+    client = client_for(tracking_uri)
+    run = get_ticket_run(client, run_id)
+    trial = check_run_id(run.data.tags.get(S.PARENT_TAG, ""), f"run {run_id}: parent trial run id")
+    ticket = Ticket.from_flat(run.data.params)
+    out = Path(os.path.abspath(out))  # "a/../out" is out: no folder "a" made on the way
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a folder")
+    with tempfile.TemporaryDirectory(prefix="ticket-export-") as tmp:
+        mask = download(client, run_id, MASK_FILE, Path(tmp) / "mask")
+        density = download(client, run_id, DENSITY_FILE, Path(tmp) / "density")
+        rewind = download(client, trial, REWIND_FILE, Path(tmp) / "rewind")
+        maskio.load(mask)  # validate before anything lands in `out`
+        _density_doc(density)
+        load_rewind(rewind)
+        out.mkdir(parents=True, exist_ok=True)
+        for src, name in ((mask, MASK_FILE), (density, DENSITY_FILE), (rewind, REWIND_FILE)):
+            shutil.copyfile(src, out / name)
+    input_shape, num_classes = _shape(ticket)
+    m = run.data.metrics
+    doc = {"run_id": run_id, "trial_run_id": trial, "sweep": run.data.tags.get(S.TAG_SWEEP, ""),
+           "level": int(m.get("level", run.data.tags.get(S.TAG_LEVEL, -1))), "metrics": dict(m),
+           "config": dict(run.data.params), "input_shape": input_shape, "num_classes": num_classes}
+    (out / TICKET_JSON).write_text(json.dumps(doc, indent=2))
+    return out

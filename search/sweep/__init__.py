@@ -1,0 +1,1 @@
+"""A sweep described: the sweep file, its search space, the objectives registry, where its records go."""

@@ -1,0 +1,47 @@
+"""The MLflow data model, in one place: every tag, param, metric and artifact name writers and queries use.
+
+experiment = sweep name
+  parent run  (tags kind=sweep, sweep=<name>)
+    trial run (tags kind=trial, trial=<Ray trial id>; params = flat ticket keys; metrics per evaluation,
+               step = cumulative training iteration)
+      ticket run per level and member (tags kind=ticket, member=ticket|<control>, level, trial, and
+               dataset/model/scorer/method/sweep; params = flat keys; metrics TICKET_METRICS;
+               artifacts mask.safetensors + density.json)
+
+"Best tickets" is then one plain query any MLflow user can write:
+    mlflow.search_runs(experiment_names=["digits"],
+                       filter_string="tags.kind = 'ticket' and tags.member = 'ticket' and metrics.density <= 0.2",
+                       order_by=["metrics.val_score DESC"])
+"""
+
+from __future__ import annotations
+
+from trainables import paths
+from trainables.training import members
+
+KIND = "kind"  # sweep | trial | ticket
+SWEEP, TRIAL, TICKET = "sweep", "trial", "ticket"
+TAG_SWEEP = "sweep"
+TAG_TRIAL = "trial"
+TAG_MEMBER = "member"  # MEMBER_TICKET or the control's name
+MEMBER_TICKET = members.TICKET  # the tag value of the ticket itself (trainables' member name)
+TAG_LEVEL = "level"
+TAG_KEY = "ticket_key"  # <trial>/<level>/<member>: the identity that makes a ticket run exactly-once
+TAG_TICKET_ID = "ticket_id"  # Ticket.id of the trial's config
+TAG_STATUS_REASON = "status_reason"  # why a trial failed or was stopped
+PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under another by it (trial in sweep, ticket in trial)
+DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.scorer",
+              "method": "prune.method"}  # tag -> flat key it copies
+TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "test_score", "val_loss",
+                  "test_loss", "best_val_acc", "val_acc_std", "test_acc_std", "level", "early_stop_iter",
+                  "collapsed", "epochs", "iterations", "wall_s")
+EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "level")  # trial run, per evaluation
+TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
+PARAM_OBJECTIVE = "objective"  # parent-run params the queries read back (search/results/query.py)
+PARAM_TARGET = "target_density"
+# Artifacts carry the engine's file names (trainables/paths.py): an exported ticket is these files.
+MASK_ARTIFACT = paths.MASK_FILE  # ticket run; further replicates as paths.replicate_mask(r)
+DENSITY_ARTIFACT = paths.DENSITY_FILE  # ticket run
+REWIND_ARTIFACT = paths.REWIND_FILE  # trial run: the weights the ticket restarts from
+PLOT_DIR, PLOT_ARTIFACT = "plots", "accuracy_vs_sparsity.png"  # parent run
+PAGE = 1000  # MLflow's largest search page

@@ -1,0 +1,1 @@
+"""Running a sweep on Ray Tune: tuner, Optuna searcher and samplers, runner, recovery and reconciliation."""

@@ -1,0 +1,1 @@
+"""The test suite; its folders mirror the packages (trainables/, search/, benchmarks/), helpers/ is shared."""

@@ -1,0 +1,1 @@
+"""Tests of the service: sweep files, Ray Tune sweeps, MLflow tracking, queries, faults."""

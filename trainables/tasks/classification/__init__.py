@@ -1,0 +1,1 @@
+"""Image (or vector) classification: datasets on the device, splits, augmentation, the task."""

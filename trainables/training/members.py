@@ -1,0 +1,34 @@
+"""A member: one model trained inside a trial (the ticket, a control, a replicate seed), and how it fails.
+
+All members of a level start at the same iteration and see the same batch at every iteration, so a stepper
+may train them one by one or together (trainables/training/steppers.py, population.py). Training fills in
+each member's `history` (one row per evaluation) and, at the rewind point, its `snapshot`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainables.pruning.masks import Mask
+
+TICKET = "ticket"  # the member that is the ticket itself (replicate seeds too); a control is named after itself
+
+
+class Diverged(RuntimeError):
+    """A member's loss became NaN or infinite."""
+
+
+@dataclass
+class Member:
+    """One model trained inside a trial, with its own weights, mask and optimizer."""
+
+    name: str  # TICKET or a control's name
+    replicate: int
+    model: nn.Module
+    mask: Mask | None = None
+    # filled in by training:
+    history: list[dict[str, float]] = field(default_factory=list)
+    snapshot: dict[str, torch.Tensor] | None = None  # weights captured at the loop's `capture_at`
