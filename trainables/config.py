@@ -112,6 +112,11 @@ class PruneConfig:
     eb_window: int = _help("Early-Bird: number of recent masks compared", default=5)
     init_mask: str = _help("mask file (or runs:/ URI via search) to start from: ticket transfer",
                            default="")
+    instability: bool = _help("instability analysis: a second copy of each ticket trains from the rewind point "
+                              "with another data order; the error barrier on the straight path between the two "
+                              "is recorded as instability_val/instability_test", default=False)
+    instability_alphas: int = _help("instability: points along the path W(a) = a*W1 + (1-a)*W2, ends included",
+                                    default=11)
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,7 @@ def _validate_prune(p: PruneConfig) -> None:
     in_range("prune.replicates", p.replicates, 1, 1000)
     in_range("prune.eb_epsilon", p.eb_epsilon, 0.0, 1.0)
     in_range("prune.eb_window", p.eb_window, 2, 1000)
+    in_range("prune.instability_alphas", p.instability_alphas, 3, 1001)
 
 
 def from_nested(doc: typing.Mapping[str, Any]) -> dict[str, Any]:

@@ -37,9 +37,10 @@ from trainables.pruning.imp import level_mask
 from trainables.pruning.masks import refit
 from trainables.tasks.base import Task
 from trainables.tasks.registry import build_model, make_task
+from trainables.training import instability
 from trainables.training.device import resolve_device
 from trainables.training.loop import Hooks, train_members
-from trainables.training.members import TICKET, Member
+from trainables.training.members import TICKET, TWIN, Member
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -93,6 +94,8 @@ class Lottery:
         for r in range(p.replicates):
             mask = self.state.masks[r]
             tickets.append(Member(TICKET, r, self._rewound(r), mask))
+            if self._twins(level):
+                others.append(Member(TWIN, r, self._rewound(r), mask, task=self._twin_task(r)))
             if mk.density(mask) >= 1.0:
                 continue  # a dense level has nothing to control for
             output = mk.output_param(tickets[-1].model)
@@ -101,6 +104,20 @@ class Lottery:
                 model = self.new_model(seeds.control_init(seed, r, level)) if control.fresh_init else self._rewound(r)
                 others.append(Member(name, r, model, control.mask(mask, gen, output)))
         return tickets + others
+
+    def _twins(self, level: int) -> bool:
+        """Instability twins train at every level that starts from the rewind point: all but an IMP level 0
+        that trains through a later rewind point (it makes that point)."""
+        p = self.ticket.prune
+        return p.instability and (level > 0 or p.rewind_iter == 0)
+
+    def _twin_task(self, replicate: int) -> Task:
+        reordered = getattr(self.task, "reordered", None)
+        if reordered is None:
+            raise ConfigError(f"prune.instability: the {self.ticket.data.name} task has no other data order "
+                              "to train a second copy with (classification and language models have)")
+        task: Task = reordered(seeds.twin_order(self.ticket.train.seed, replicate))
+        return task
 
     def _rewound(self, replicate: int) -> nn.Module:
         model = self.new_model(self.init_seed(replicate))
@@ -180,11 +197,26 @@ class Lottery:
             self._trained = [m for m in members if m.name == TICKET]
         epochs = (end - start) / self.ipe
         self.state.epochs_total += epochs
-        rows = [self._member_result(m) for m in members]
+        rows = [self._member_result(m) for m in members if m.name != TWIN]
         ticket_masks = [m.mask if m.mask is not None else {} for m in self._trained]
-        return summarise(level, rows, ticket_masks, mk.layer_density(ticket_masks[0]),
-                         sorted({n for m in ticket_masks for n in mk.collapsed(m)}),
-                         epochs, end - start, time.perf_counter() - t0)
+        result = summarise(level, rows, ticket_masks, mk.layer_density(ticket_masks[0]),
+                           sorted({n for m in ticket_masks for n in mk.collapsed(m)}),
+                           epochs, end - start, time.perf_counter() - t0)
+        twins = [m for m in members if m.name == TWIN]
+        if twins:
+            result.instability = self._instability(members, twins)
+            result.wall_s = time.perf_counter() - t0
+        return result
+
+    def _instability(self, members: list[Member], twins: list[Member]) -> dict[str, Any]:
+        """Each replicate's error barrier between its ticket and its twin; means, and replicate 0's path."""
+        tickets = {m.replicate: m for m in members if m.name == TICKET}
+        barriers = [instability.error_barrier(self.task, tickets[t.replicate].model, t.model,
+                                              self.ticket.prune.instability_alphas) for t in twins]
+        vals, tests = [b.val for b in barriers], [b.test for b in barriers]
+        return {"val": sum(vals) / len(vals), "test": sum(tests) / len(tests), "val_per_replicate": vals,
+                "test_per_replicate": tests, "alpha": barriers[0].alpha, "val_error": barriers[0].val_error,
+                "test_error": barriers[0].test_error}
 
     def _member_result(self, m: Member) -> MemberResult:
         test = self.task.evaluate(m.model, "test")

@@ -7,6 +7,7 @@ they are named here rather than chosen anew.
 
 - `init(seed, r)`: initialisation of replicate r (seed * 1000 + r, so replicates of seed s never meet s+1's).
 - `derive(seed, *parts)`: any other stream, a hash of (seed, *parts); int tuples hash alike in every process.
+- the instability twin's data seed: `twin_order(seed, r)`, used in place of `seed` below.
 - data order: `data_order(seed, step)` = seed * 1_000_003 + step (a classification epoch's permutation, a
   language model's windows of one iteration); `augmentation(seed, it)` = seed * 7_919 + it.
 
@@ -29,6 +30,7 @@ TRANSFER = 17  # a transferred mask's layers whose shape changed get random mask
 SCORING = 29  # the `random` scorer and SNIP/GraSP's examples, per replicate and level
 LEVEL = 31  # any in-model randomness of a level (dropout in tv: models)
 CONTROL = 104_729  # control masks and the reinit control's initialisation, apart from the tickets'
+TWIN = 37  # the instability twin's data order (and augmentation), per replicate
 
 
 def init(seed: int, replicate: int) -> int:
@@ -75,6 +77,11 @@ def control_mask(seed: int, replicate: int, level: int, control: str) -> torch.G
     """A control's mask draws. The name's length is the historical salt (reinit and random share 6 letters:
     reinit draws no mask)."""
     return generator(derive(seed, CONTROL, replicate, level, len(control)))
+
+
+def twin_order(seed: int, replicate: int) -> int:
+    """The data seed of replicate `replicate`'s instability twin: its own order, never the ticket's."""
+    return derive(seed, replicate, TWIN, below=2**31)
 
 
 def control_init(seed: int, replicate: int, level: int) -> int:

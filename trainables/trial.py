@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from trainables.config import KEYS, ConfigError, Ticket
 from trainables.io import checkpoint
 from trainables.io.checkpoint import State
-from trainables.io.results import LevelResult
+from trainables.io.results import LevelResult, instability_metrics
 from trainables.lottery import Lottery
 from trainables.tasks.classification.datasets import DatasetMissing
 from trainables.training.members import Diverged
@@ -76,7 +76,8 @@ def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
     return {"level": result.level, "density": result.density, "sparsity": 1 - result.density,
             "val_acc": result.val_acc, "val_loss": result.val_loss, "val_score": result.val_score,
             "test_acc": result.test_acc, "test_score": result.test_score, "collapsed": int(result.collapsed),
-            "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0}
+            "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0,
+            **instability_metrics(result)}
 
 
 def failed_metrics(flag: str, reason: str, state: State | None) -> dict[str, Any]:

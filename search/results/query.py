@@ -52,6 +52,7 @@ class TicketRecord:
     test_acc: float
     collapsed: bool
     test_score: float = math.nan  # the task's test score (accuracy, -perplexity, mean return): shown, never ranked
+    instability: float = math.nan  # validation error barrier (prune.instability), NaN when not measured
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
 
@@ -148,6 +149,15 @@ def target_density(client: MlflowClient, exp_id: str) -> float | None:
         return None
 
 
+def max_instability(client: MlflowClient, exp_id: str) -> float | None:
+    """The sweep's `[objective] max_instability` as its parent run recorded it (None: unconstrained)."""
+    parent = parent_run(client, exp_id)
+    try:
+        return float(parent.data.params.get(S.PARAM_MAX_INSTABILITY, "None")) if parent else None
+    except ValueError:
+        return None
+
+
 def sweep_objective(tracking_uri: str | None, sweep: str) -> str:
     """The sweep's objective as its parent run recorded it (the default objective when unrecorded)."""
     client = client_for(tracking_uri)
@@ -163,15 +173,18 @@ def _tag_clause(tag: str, value: str | None) -> list[str]:
 
 
 def ticket_filter(*, max_density: float | None = None, dataset: str | None = None,
-                  scorer: str | None = None, model: str | None = None, controls: bool = False) -> str:
+                  scorer: str | None = None, model: str | None = None, controls: bool = False,
+                  max_instability: float | None = None) -> str:
     """The filter string of the "best tickets" query (MLflow filters know `and` only); with
-    `controls=True` the same filters select the control runs instead."""
+    `controls=True` the same filters select the control runs instead (controls measure no instability)."""
     member = f"!= '{S.MEMBER_TICKET}'" if controls else f"= '{S.MEMBER_TICKET}'"
     clauses = [f"tags.{S.KIND} = '{S.TICKET}'", f"tags.{S.TAG_MEMBER} {member}"]
     if max_density is not None:
         if not (isinstance(max_density, int | float) and 0 < max_density <= 1):
             raise ConfigError(f"--max-density: {max_density!r} is outside (0, 1]")
         clauses.append(f"metrics.density <= {float(max_density)!r}")
+    if max_instability is not None and not controls:
+        clauses.append(f"metrics.{S.INSTABILITY_METRICS[0]} <= {float(max_instability)!r}")
     for tag, value in (("dataset", dataset), ("scorer", scorer), ("model", model)):
         clauses += _tag_clause(tag, value)
     return " and ".join(clauses)
@@ -186,7 +199,8 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         sparsity=m.get("sparsity", 1.0 - density), val_score=m.get("val_score", math.nan),
         val_acc=m.get("val_acc", math.nan), test_acc=m.get("test_acc", math.nan),
         collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}),
-        test_score=m.get("test_score", m.get("test_acc", math.nan)))
+        test_score=m.get("test_score", m.get("test_acc", math.nan)),
+        instability=m.get("instability_val", math.nan))
 
 
 def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run],
@@ -229,6 +243,7 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
         ranking = objectives.get(objective(client, exp_ids[0]))
         if max_density is None and ranking.targets_density:  # a sweep's best tickets are those at its target
             filters["max_density"] = target_density(client, exp_ids[0])
+        filters["max_instability"] = max_instability(client, exp_ids[0])  # a stable sweep's: stable ones only
     else:
         exp_ids = [str(e.experiment_id) for e in store.experiments(client)]
     if not exp_ids:

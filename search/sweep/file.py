@@ -19,6 +19,7 @@ import dataclasses
 import json
 import re
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ENTRIES: dict[str, str] = {
     "name": "name", "smoke": "smoke",
     "objective.name": "objective", "objective.target_density": "target_density",
+    "objective.max_instability": "max_instability",
     "search.sampler": "sampler", "search.seed": "seed",
     "scheduler.name": "scheduler", **{f"scheduler.{a}": a for a in ("grace_period", "reduction_factor",
                                                                     "max_t")},
@@ -51,7 +53,8 @@ ENTRIES: dict[str, str] = {
 SECTIONS = ("objective", "search", "scheduler", "budget", "resources", "storage")
 TOP_LEVEL = ("name", "smoke", "base", "space", *SECTIONS)
 # attribute -> (lowest, lowest allowed?, highest)
-_LIMITS = {"target_density": (0.0, False, 1.0), "seed": (0, True, 2**32 - 1), "grace_period": (0, False, None),
+_LIMITS = {"target_density": (0.0, False, 1.0), "max_instability": (0.0, True, None),
+           "seed": (0, True, 2**32 - 1), "grace_period": (0, False, None),
            "reduction_factor": (1.0, False, None), "max_t": (0.0, True, None),
            "num_samples": (0, False, None), "max_concurrent": (0, False, None),
            "time_limit_s": (0.0, True, None), "cpu": (0.0, False, None), "gpu": (0.0, True, None)}
@@ -67,6 +70,7 @@ class Sweep:
     space: tuple[Dim, ...]
     objective: str = objectives.DEFAULT
     target_density: float | None = None
+    max_instability: float | None = None  # a constraint: only tickets this stable count (prune.instability)
     sampler: str = "tpe"
     seed: int = 0
     scheduler: str = "asha"
@@ -141,6 +145,7 @@ def _build(doc: Any, sets: dict[str, str], smoke: bool, cwd: Path) -> Sweep:
     _check(f)
     base = _base(base_flat, f, cwd)
     objectives.get(f["objective"]).check(f["target_density"], searched_keys(space, skip=fixed))
+    _check_stability(f["max_instability"], base, searched_keys(space, skip=fixed))
     dims = parse_space(space, base, skip=fixed)
     f["smoke"] = f["smoke"] or smoke
     if f["smoke"]:  # its level cap ends each trial short of the target on purpose
@@ -224,6 +229,15 @@ def _check(f: dict[str, Any]) -> None:
     if f["gpu"] > 1 and not float(f["gpu"]).is_integer():
         raise ConfigError(f"[resources] gpu: {f['gpu']:g} must be a whole number above 1 (Ray shares "
                           "only fractions of one GPU)")
+
+
+def _check_stability(bound: float | None, base: Ticket, searched: Collection[str]) -> None:
+    """`[objective] max_instability` constrains what every trial measures: prune.instability, fixed on."""
+    if bound is None:
+        return
+    if "prune.instability" in searched or not base.prune.instability:
+        raise ConfigError("[objective] max_instability: needs [base] prune.instability = true (every trial "
+                          "measures its tickets' instability), not searched")
 
 
 def _base(flat: dict[str, Any], f: dict[str, Any], cwd: Path) -> Ticket:

@@ -39,6 +39,8 @@ EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", 
 TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
 PARAM_OBJECTIVE = "objective"  # parent-run params the queries read back (search/results/query.py)
 PARAM_TARGET = "target_density"
+PARAM_MAX_INSTABILITY = "max_instability"  # [objective] max_instability: best lists only tickets this stable
+INSTABILITY_METRICS = ("instability_val", "instability_test")  # ticket runs of prune.instability trials
 # Artifacts carry the engine's file names (trainables/paths.py): an exported ticket is these files.
 MASK_ARTIFACT = paths.MASK_FILE  # ticket run; further replicates as paths.replicate_mask(r)
 DENSITY_ARTIFACT = paths.DENSITY_FILE  # ticket run

@@ -30,7 +30,7 @@ from safetensors.torch import save as save_bytes
 from search.tracking import schema as S
 from trainables import paths
 from trainables.io import maskio
-from trainables.io.results import LevelResult
+from trainables.io.results import LevelResult, instability_metrics
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
@@ -224,7 +224,9 @@ def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
     m = {k: float(getattr(result, k)) for k in S.TICKET_METRICS
          if k not in ("sparsity", "collapsed") and hasattr(result, k)}
     m["collapsed"] = float(result.collapsed)
-    if member != S.MEMBER_TICKET:
+    if member == S.MEMBER_TICKET:
+        m.update(instability_metrics(result))
+    else:
         c = result.controls[member]
         m.update({k: float(v) for k, v in c.items()})
         m["advantage"] = result.advantage[member]

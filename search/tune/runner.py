@@ -57,7 +57,7 @@ def sweep_params(sweep: Sweep) -> dict[str, Any]:
             "seed": sweep.seed, "scheduler": sweep.scheduler, "grace_period": sweep.grace_period,
             "reduction_factor": sweep.reduction_factor, "num_samples": sweep.num_samples,
             "max_concurrent": sweep.max_concurrent, "space": ",".join(d.key for d in sweep.space),
-            "smoke": sweep.smoke, "cpu": sweep.cpu, "gpu": sweep.gpu}
+            "smoke": sweep.smoke, "cpu": sweep.cpu, "gpu": sweep.gpu, S.PARAM_MAX_INSTABILITY: sweep.max_instability}
 
 
 def save_record(sweep: Sweep) -> None:

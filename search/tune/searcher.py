@@ -27,6 +27,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search.tune.algorithms import INSTABILITY_ATTR
+
 FAIL_REASON = "fail_reason"  # user attr of FAIL trials: why
 TRIAL_ATTR = "ray_trial_id"  # user attr: the Ray trial (and MLflow trial run) this Optuna trial is
 RUN_ATTR = "ray_experiment"  # user attr: the token of the Ray experiment that asked for it
@@ -65,6 +67,8 @@ class TicketOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials:
             return  # told before its driver died, run again from its last checkpoint on resume
+        if INSTABILITY_ATTR in result and trial_id in self._ot_trials:  # the constraint reads the latest level's
+            self._ot_trials[trial_id].set_user_attr(INSTABILITY_ATTR, float(result[INSTABILITY_ATTR]))
         # A trial restarted from its last level checkpoint reports that level's epochs again, at the same
         # steps and (training being deterministic) with the same values: Optuna keeps the first; no warning.
         with warnings.catch_warnings():

@@ -40,7 +40,8 @@ def optuna_storage(url_or_path: str) -> optuna.storages.BaseStorage:
 def sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     """The Optuna sampler the sweep names, seeded with its seed."""
     args = algorithms.SamplerArgs(seed=sweep.seed, num_samples=sweep.num_samples,
-                                  conditional=any(dim.when for dim in sweep.space))
+                                  conditional=any(dim.when for dim in sweep.space),
+                                  max_instability=sweep.max_instability)
     return algorithms.sampler(sweep.sampler, args)
 
 

@@ -62,6 +62,9 @@ class LevelResult:
     advantage: dict[str, float] = field(default_factory=dict)  # ticket val_acc - control val_acc
     members: list[MemberResult] = field(default_factory=list)
     masks: list[Mask] = field(default_factory=list, repr=False)  # one per replicate
+    # prune.instability: {"val", "test": error barriers, means over replicates; "val_per_replicate",
+    # "test_per_replicate"; "alpha", "val_error", "test_error": replicate 0's path} (training/instability.py)
+    instability: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mask(self) -> Mask:
@@ -81,6 +84,14 @@ class LevelResult:
         d = dict(d)
         d["members"] = [MemberResult(**m) for m in d.get("members", [])]
         return cls(**d)
+
+
+def instability_metrics(result: LevelResult) -> dict[str, float]:
+    """`instability_val`/`instability_test` of a level that measured them (prune.instability), else none."""
+    if not result.instability:
+        return {}
+    return {"instability_val": float(result.instability["val"]),
+            "instability_test": float(result.instability["test"])}
 
 
 def summarise(level: int, members: list[MemberResult], masks: list[Mask], layer_density: dict[str, float],

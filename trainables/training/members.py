@@ -1,7 +1,8 @@
 """A member: one model trained inside a trial (the ticket, a control, a replicate seed), and how it fails.
 
-All members of a level start at the same iteration and see the same batch at every iteration, so a stepper
-may train them one by one or together (trainables/training/steppers.py, population.py). Training fills in
+All members of a level start at the same iteration and see the same batch at every iteration (except a
+member with a `task` of its own: the instability twin, same data in another order), so a stepper may train
+them one by one or together (trainables/training/steppers.py, population.py). Training fills in
 each member's `history` (one row per evaluation) and, at the rewind point, its `snapshot`.
 """
 
@@ -13,8 +14,10 @@ import torch
 from torch import nn
 
 from trainables.pruning.masks import Mask
+from trainables.tasks.base import Task
 
 TICKET = "ticket"  # the member that is the ticket itself (replicate seeds too); a control is named after itself
+TWIN = "twin"  # the instability analysis' second copy of a ticket: same start and mask, another data order
 
 
 class Diverged(RuntimeError):
@@ -29,6 +32,7 @@ class Member:
     replicate: int
     model: nn.Module
     mask: Mask | None = None
+    task: Task | None = None  # its own data order (the instability twin): the level's task reordered
     # filled in by training:
     history: list[dict[str, float]] = field(default_factory=list)
     snapshot: dict[str, torch.Tensor] | None = None  # weights captured at the loop's `capture_at`

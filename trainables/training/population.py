@@ -1,7 +1,8 @@
 """Population training: a trial's members trained together in one batched pass (DESIGN.md section 8).
 
 The members of a level (ticket, controls, replicate seeds) share the architecture, the hyperparameters
-and, for tasks with `shared_batches`, every batch. Here their parameters and buffers are stacked into
+and, for tasks with `shared_batches`, every batch (an instability twin reads the same data in its own order:
+then each member's batch is stacked and vmap maps over it too). Here their parameters and buffers are stacked into
 leaf tensors of shape (M, ...) and one `torch.vmap`-ed `functional_call` runs all M forward passes on the
 same batch; the loss is the sum of the members' mean losses, so each member's gradient is exactly its
 solo gradient. One optimizer over the stacked leaves is M independent optimizers: SGD (momentum, L2 decay),
@@ -162,9 +163,12 @@ class Population:
             bufs = [dict(m.model.named_buffers()) for m in members]
             self.buffers = {n: torch.stack([d[n] for d in bufs]) for n, _ in first.named_buffers()}
         wrapper = _LossOf(first, task)
+        # A member with a task of its own (the instability twin) reads its own batches: then every member's
+        # batch is stacked and mapped over (in_dims 0) instead of shared (None). Still one pass.
+        self._own = [m.task for m in members] if any(m.task is not None for m in members) else None
         self._losses = torch.vmap(lambda p, b, batch: functional_call(wrapper, (p, b), (batch,)),
-                                  in_dims=(0, 0, None))
-        self._probe(task.batch(start))
+                                  in_dims=(0, 0, None if self._own is None else 0))
+        self._probe(self._batch(start))
         self.opt = make_optimizer(nn.ParameterList(self.params.values()), cfg)  # fresh state every level
         self.masked, self.masks = self._stack_masks()
         if self.masked:  # as the one-by-one stepper: start from exactly zero pruned weights
@@ -236,8 +240,15 @@ class Population:
         with torch.autocast(device_type=self.device.type, dtype=self.autocast):
             yield
 
+    def _batch(self, it: int) -> Batch:
+        """Iteration `it`'s batch: shared, or each member's own stacked along a new first dimension."""
+        if self._own is None:
+            return self.task.batch(it)
+        own = [(t or self.task).batch(it) for t in self._own]
+        return tuple(torch.stack(parts) for parts in zip(*own, strict=True))  # type: ignore[return-value]
+
     def step(self, it: int, lr: float) -> None:
-        batch = self.task.batch(it)
+        batch = self._batch(it)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)

@@ -52,6 +52,7 @@ class _MemberStep:
 
     def __init__(self, member: Member, cfg: TrainConfig) -> None:
         self.model = member.model
+        self.task = member.task  # its own data order, else the level's
         self.opt = make_optimizer(member.model, cfg)  # fresh optimizer state every level
         params = dict(member.model.named_parameters())
         mask = member.mask or {}
@@ -63,7 +64,7 @@ class _MemberStep:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        loss = task.step_loss(self.model, it)
+        loss = (self.task or task).step_loss(self.model, it)
         loss.backward()
         if self.params:
             grads = [p.grad for p in self.params if p.grad is not None]

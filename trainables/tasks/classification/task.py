@@ -7,6 +7,8 @@ iteration `it` (seeds.augmentation). Evaluation reports cross entropy, accuracy,
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +39,13 @@ class Classification:
 
     def iters_per_epoch(self) -> int:
         return -(-len(self.data.train) // self.batch_size)  # ceil: every example once per epoch
+
+    def reordered(self, seed: int) -> Classification:
+        """The same task (same data tensors, no copy) whose data order and augmentation come from `seed`."""
+        other = copy.copy(self)
+        other.seed = seed
+        other._batch_it, other._batch, other._perm_epoch = -1, None, -1
+        return other
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:  # one permutation per epoch, cached: batches are slices of it

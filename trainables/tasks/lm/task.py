@@ -15,6 +15,7 @@ accuracy) and `score` = -perplexity (higher is better, as the search wants).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -50,6 +51,13 @@ class LanguageModelling:
 
     def iters_per_epoch(self) -> int:
         return -(-len(self.corpus.train) // (self.batch_size * self.context))  # ceil: one text's worth
+
+    def reordered(self, seed: int) -> LanguageModelling:
+        """The same task (same token tensors, no copy) whose training windows come from `seed`."""
+        other = copy.copy(self)
+        other.seed = seed
+        other._batch_it = -1
+        return other
 
     def _windows(self, starts: torch.Tensor) -> Batch:
         text = self.splits["train"]
