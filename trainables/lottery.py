@@ -63,6 +63,8 @@ class Lottery:
         self._shares = self._kept_shares()
         self.levels_needed = schedule.levels_needed(ticket.prune, *self._shares)  # raises if out of reach
         self.levels = schedule.planned_levels(ticket.prune, self.levels_needed)  # the last level it trains
+        if ticket.prune.instability:
+            self._twin_task(0)  # a task without another data order fails here, before any training
 
     def _kept_shares(self) -> tuple[float, float]:
         """`schedule`'s (pool, output) shares of the level-0 mask; a model is built for them only when a

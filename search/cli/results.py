@@ -130,10 +130,20 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def plot_command(args: argparse.Namespace) -> int:
+    console = make_console()
+    if args.kind == "instability":
+        from search.results.instability_plot import plot_instability
+
+        path = plot_instability(args.sweep, args.tracking_uri, args.out)
+        if path is None:
+            console.print(f"Sweep '{args.sweep}' has no ticket that measured instability "
+                          "(run its trials with prune.instability = true): nothing to plot.")
+            return 0
+        console.print(f"plot: {path.resolve()} (also logged to the sweep's parent run)")
+        return 0
     from search.results.plot import plot_sweep
 
     path = plot_sweep(args.sweep, args.tracking_uri, args.out)
-    console = make_console()
     if path is None:
         console.print(f"Sweep '{args.sweep}' has no ticket runs yet: nothing to plot.")
     else:
@@ -172,5 +182,8 @@ def add_parsers(sub: Any) -> None:
     plot = sub.add_parser("plot", help="validation score against sparsity for one sweep (PNG)")
     plot.add_argument("--sweep", required=True, help="the sweep (experiment) name")
     plot.add_argument("--out", help="PNG file (default <tracking root>/plots/<sweep>.png)")
+    plot.add_argument("--kind", choices=("score", "instability"), default="score",
+                      help="score: validation score against sparsity (default); instability: the error "
+                           "barrier against rewind iteration and density (prune.instability sweeps)")
     _tracking(plot)
     plot.set_defaults(handler=plot_command)
