@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,56 +28,30 @@ class SamplerArgs:
     seed: int
     num_samples: int  # the sweep's budget of trials
     conditional: bool  # some dim of the space exists only `when` another key has a value
-    max_instability: float | None = None  # [objective] max_instability: a constraint for the samplers that take one
-
-
-INSTABILITY_ATTR = "instability_val"  # user attr of an Optuna trial: its last level's validation instability
-
-
-def constraints(a: SamplerArgs) -> Callable[[optuna.trial.FrozenTrial], Sequence[float]] | None:
-    """Optuna's constraint (feasible when <= 0): the trial's last instability minus the bound. A trial that
-    never measured one (it failed, or stopped before its first level ended) counts as infeasible."""
-    bound = a.max_instability
-    if bound is None:
-        return None
-
-    def instability_over_bound(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
-        value = trial.user_attrs.get(INSTABILITY_ATTR)
-        return [float(value) - bound if value is not None else 1.0]
-
-    return instability_over_bound
 
 
 def _tpe(a: SamplerArgs) -> optuna.samplers.BaseSampler:
     if not a.conditional:
         # Optuna 5 defaults: multivariate for one objective, constant liar for parallel trials
-        with warnings.catch_warnings():  # constraints_func is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=a.seed, constraints_func=constraints(a))
+        return optuna.samplers.TPESampler(seed=a.seed)
     # Conditional spaces: group decomposition lets multivariate TPE model each branch (imp / init)
     # jointly instead of falling back to independent sampling for the conditional keys.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=a.seed, multivariate=True, group=True,
-                                          constraints_func=constraints(a))
+        return optuna.samplers.TPESampler(seed=a.seed, multivariate=True, group=True)
 
 
 def _gp(a: SamplerArgs) -> optuna.samplers.BaseSampler:
     from optuna.samplers import GPSampler  # needs torch and scipy when it samples
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return GPSampler(seed=a.seed, constraints_func=constraints(a))
+    return GPSampler(seed=a.seed)
 
 
 def _nsga2(a: SamplerArgs) -> optuna.samplers.BaseSampler:
     # Optuna's default population (50) exceeds small budgets, which would make NSGA-II pure random
     # search; a quarter of the budget gives a few generations.
     population = min(50, max(4, a.num_samples // 4))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.NSGAIISampler(seed=a.seed, population_size=population,
-                                             constraints_func=constraints(a))
+    return optuna.samplers.NSGAIISampler(seed=a.seed, population_size=population)
 
 
 SAMPLERS: dict[str, Callable[[SamplerArgs], optuna.samplers.BaseSampler]] = {

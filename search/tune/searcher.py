@@ -27,11 +27,11 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.tune.algorithms import INSTABILITY_ATTR
-
 FAIL_REASON = "fail_reason"  # user attr of FAIL trials: why
 TRIAL_ATTR = "ray_trial_id"  # user attr: the Ray trial (and MLflow trial run) this Optuna trial is
 RUN_ATTR = "ray_experiment"  # user attr: the token of the Ray experiment that asked for it
+INSTABILITY = "instability_val"  # Ray result of a level of a prune.instability trial
+CONSTRAINT = "instability"  # Optuna constraint (feasible <= 0): last instability minus [objective] max_instability
 ORPHAN_REASON = ("its driver died after Optuna suggested it and before Ray recorded the trial; "
                  "the resumed sweep never ran it")
 
@@ -42,10 +42,13 @@ class TicketOptunaSearch(OptunaSearch):
     _num_samples = 0  # class defaults: a searcher pickled before these existed still restores
     _token = ""
     _adopted = 0
+    _max_instability: float | None = None
 
-    def __init__(self, *args: Any, num_samples: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, num_samples: int = 0, max_instability: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._num_samples = num_samples
+        self._max_instability = max_instability
         self._token = uuid.uuid4().hex
         self._adopted = 0  # trials of this experiment that ended without Ray knowing (see restore)
 
@@ -67,8 +70,9 @@ class TicketOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials:
             return  # told before its driver died, run again from its last checkpoint on resume
-        if INSTABILITY_ATTR in result and trial_id in self._ot_trials:  # the constraint reads the latest level's
-            self._ot_trials[trial_id].set_user_attr(INSTABILITY_ATTR, float(result[INSTABILITY_ATTR]))
+        if self._max_instability is not None and INSTABILITY in result and trial_id in self._ot_trials:
+            # Optuna's samplers read trial constraints (Trial.set_constraint): the latest level's counts
+            self._ot_trials[trial_id].set_constraint(CONSTRAINT, float(result[INSTABILITY]) - self._max_instability)
         # A trial restarted from its last level checkpoint reports that level's epochs again, at the same
         # steps and (training being deterministic) with the same values: Optuna keeps the first; no warning.
         with warnings.catch_warnings():
@@ -83,6 +87,9 @@ class TicketOptunaSearch(OptunaSearch):
         if result is not None and (result.get("diverged") or result.get("invalid")):
             self._fail(trial_id, str(result.get("status_reason") or "diverged"))
             return
+        ot_trial = self._ot_trials[trial_id]
+        if self._max_instability is not None and CONSTRAINT not in ot_trial.constraints:
+            ot_trial.set_constraint(CONSTRAINT, 1.0)  # never measured (stopped before a level ended): infeasible
         stopped_early = result is not None and not error and not result.get("final") and not result.get("collapsed")
         if not stopped_early:
             super().on_trial_complete(trial_id, result, error)

@@ -40,8 +40,7 @@ def optuna_storage(url_or_path: str) -> optuna.storages.BaseStorage:
 def sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
     """The Optuna sampler the sweep names, seeded with its seed."""
     args = algorithms.SamplerArgs(seed=sweep.seed, num_samples=sweep.num_samples,
-                                  conditional=any(dim.when for dim in sweep.space),
-                                  max_instability=sweep.max_instability)
+                                  conditional=any(dim.when for dim in sweep.space))
     return algorithms.sampler(sweep.sampler, args)
 
 
@@ -99,4 +98,5 @@ def searcher(sweep: Sweep) -> TicketOptunaSearch:
     return TicketOptunaSearch(
         space=SearchSpace(sweep), metric=metrics if len(metrics) > 1 else metrics[0],
         mode=modes if len(modes) > 1 else modes[0], sampler=sampler(sweep),
-        storage=optuna_storage(sweep.optuna_storage), study_name=sweep.name, num_samples=sweep.num_samples)
+        storage=optuna_storage(sweep.optuna_storage), study_name=sweep.name, num_samples=sweep.num_samples,
+        max_instability=sweep.max_instability)
