@@ -127,3 +127,32 @@ def test_bad_settings_name_the_key() -> None:
         ticket(**{"prune.instability_alphas": 2})
     with pytest.raises(ConfigError, match="prune.instability: the gym:CartPole-v1 task"):
         Lottery(ticket(**{"data.name": "gym:CartPole-v1", "model.name": "mlp"}))
+
+
+def _level_one(**kw: object) -> list[float]:
+    """Validation instability of each of three replicates' level-1 tickets (30% of the weights), digits."""
+    lot = Lottery(Ticket.from_flat({"train.epochs": 4, "prune.levels": 1, "prune.rate": 0.7, "train.device": "cpu",
+                                    "prune.instability": True, "prune.replicates": 3, **kw}))
+    return list(lot.run())[-1].instability["val_per_replicate"]
+
+
+@pytest.mark.slow
+@pytest.mark.science
+@pytest.mark.usefixtures("one_thread")
+def test_instability_is_near_zero_for_lenet_and_falls_with_a_later_rewind_point_at_a_high_rate() -> None:
+    """Three replicates each (digits' validation split: one example is 0.56 points), lenet300 IMP at rate 0.7
+    to 30% of the weights, 4 epochs per level, level 1:
+
+    - the instability paper's LeNet on MNIST, stable at rewind 0: SGD lr 0.05, batch 64. Measured (avx2 and
+      default kernels) 0.0, 1.0 and 0.0 points (and 1.0, 0.7, 1.0 at the dense level 0): under the paper's
+      2-point threshold, which is the bound asserted;
+    - calibrated here to be unstable at rewind 0: SGD lr 0.3, batch 32. Rewind 0: 34.7, 37.2, 33.3 points;
+      rewind 80 (about two epochs): 2.8, 10.8, 2.1. Asserted: every replicate's rewind-0 instability at least
+      15 points above its rewind-80 one (measured 26-32) and above 20 points (measured 33 or more).
+    """
+    stable = _level_one()
+    assert max(stable) <= 0.02, stable
+    early, later = _level_one(**{"train.lr": 0.3, "train.batch_size": 32}), \
+        _level_one(**{"train.lr": 0.3, "train.batch_size": 32, "prune.rewind_iter": 80})
+    assert min(early) > 0.20, early
+    assert all(e - lt > 0.15 for e, lt in zip(early, later, strict=True)), (early, later)
