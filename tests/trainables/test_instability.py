@@ -129,10 +129,10 @@ def test_bad_settings_name_the_key() -> None:
         Lottery(ticket(**{"data.name": "gym:CartPole-v1", "model.name": "mlp"}))
 
 
-def _level_one(**kw: object) -> list[float]:
-    """Validation instability of each of three replicates' level-1 tickets (30% of the weights), digits."""
+def _level_one(replicates: int = 1, **kw: object) -> list[float]:
+    """Validation instability of the level-1 tickets (30% of the weights) on digits, one per replicate."""
     lot = Lottery(Ticket.from_flat({"train.epochs": 4, "prune.levels": 1, "prune.rate": 0.7, "train.device": "cpu",
-                                    "prune.instability": True, "prune.replicates": 3, **kw}))
+                                    "prune.instability": True, "prune.replicates": replicates, **kw}))
     return list(lot.run())[-1].instability["val_per_replicate"]
 
 
@@ -140,19 +140,21 @@ def _level_one(**kw: object) -> list[float]:
 @pytest.mark.science
 @pytest.mark.usefixtures("one_thread")
 def test_instability_is_near_zero_for_lenet_and_falls_with_a_later_rewind_point_at_a_high_rate() -> None:
-    """Three replicates each (digits' validation split: one example is 0.56 points), lenet300 IMP at rate 0.7
-    to 30% of the weights, 4 epochs per level, level 1:
+    """lenet300 on digits (validation split: one example is 0.56 points), IMP at rate 0.7 to 30% of the
+    weights, 4 epochs per level; the level-1 ticket's instability in points:
 
-    - the instability paper's LeNet on MNIST, stable at rewind 0: SGD lr 0.05, batch 64. Measured (avx2 and
-      default kernels) 0.0, 1.0 and 0.0 points (and 1.0, 0.7, 1.0 at the dense level 0): under the paper's
-      2-point threshold, which is the bound asserted;
-    - calibrated here to be unstable at rewind 0: SGD lr 0.3, batch 32. Rewind 0: 34.7, 37.2, 33.3 points;
-      rewind 80 (about two epochs): 2.8, 10.8, 2.1. Asserted: every replicate's rewind-0 instability at least
-      15 points above its rewind-80 one (measured 26-32) and above 20 points (measured 33 or more).
+    - the instability paper's LeNet on MNIST, stable at rewind 0: SGD lr 0.05, batch 64, replicates 0-2 of
+      train.seed 0: 0.0, 0.3, 0.3 (train.seed 1: 1.0, 0.7, 0.7; train.seeds 0-2 one replicate each: 0.0,
+      1.0, 0.0). Asserted: under the paper's threshold of stable, 2 points;
+    - calibrated here to be unstable at rewind 0: SGD lr 0.3, batch 32, train.seeds 0-2 (at lr 0.3 some
+      other init seeds diverge; at lr 0.2 rewind 0 is stable at level 1). Rewind 0: 34.7, 37.2, 33.3;
+      rewind 80 (about two epochs): 2.8, 10.8, 2.1. Asserted per seed: rewind 0 above 20 points and at least
+      15 above rewind 80 (measured 26 to 32).
     """
-    stable = _level_one()
+    stable = _level_one(replicates=3)
     assert max(stable) <= 0.02, stable
-    early, later = _level_one(**{"train.lr": 0.3, "train.batch_size": 32}), \
-        _level_one(**{"train.lr": 0.3, "train.batch_size": 32, "prune.rewind_iter": 80})
-    assert min(early) > 0.20, early
-    assert all(e - lt > 0.15 for e, lt in zip(early, later, strict=True)), (early, later)
+    fast = {"train.lr": 0.3, "train.batch_size": 32}
+    for seed in range(3):
+        early = _level_one(**fast, **{"train.seed": seed})[0]
+        later = _level_one(**fast, **{"train.seed": seed, "prune.rewind_iter": 80})[0]
+        assert early > 0.20 and early - later > 0.15, (seed, early, later)
