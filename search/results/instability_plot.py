@@ -48,7 +48,7 @@ def _mean_by(records: list[TicketRecord], key: str) -> dict[tuple[int, float], f
     groups: dict[tuple[int, float], list[float]] = defaultdict(list)
     for r in records:
         series, x = (r.level, float(_rewind(r))) if key == "level" else (_rewind(r), 100 * r.density)
-        groups[(series, x)].append(r.instability)
+        groups[(series, x)].append(r.instability or 0.0)
     return {k: sum(v) / len(v) for k, v in groups.items()}
 
 
@@ -81,7 +81,7 @@ def plot_instability(sweep: str, tracking_uri: str | None = None, out: str | Pat
     """Draw the sweep's instability, write the PNG (default `<tracking root>/plots/<sweep>-instability.png`)
     and log it to the parent run. None when no ticket of the sweep measured instability."""
     uri = tracking_uri or default_tracking_uri()
-    records = [r for r in sweep_tickets(uri, sweep) if math.isfinite(r.instability)]
+    records = [r for r in sweep_tickets(uri, sweep) if r.instability is not None and math.isfinite(r.instability)]
     if not records:
         return None
     path = Path(out) if out else tracking_root(uri) / S.PLOT_DIR / f"{safe_name(sweep)}-instability.png"

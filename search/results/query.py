@@ -52,7 +52,7 @@ class TicketRecord:
     test_acc: float
     collapsed: bool
     test_score: float = math.nan  # the task's test score (accuracy, -perplexity, mean return): shown, never ranked
-    instability: float = math.nan  # validation error barrier (prune.instability), NaN when not measured
+    instability: float | None = None  # validation error barrier (prune.instability), None when not measured
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
 
@@ -200,7 +200,7 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         val_acc=m.get("val_acc", math.nan), test_acc=m.get("test_acc", math.nan),
         collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}),
         test_score=m.get("test_score", m.get("test_acc", math.nan)),
-        instability=m.get("instability_val", math.nan))
+        instability=m.get("instability_val"))
 
 
 def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run],

@@ -57,7 +57,8 @@ def test_a_stable_sweep_records_ranks_and_plots_instability(tmp_path: Path) -> N
     unstable = _synthetic_ticket(client, tr.experiment_id, "u", 20, 0.05)
     shown = {r.run_id for r in best_tickets(uri, sweep="stable", top=None)}
     assert stable in shown and unstable not in shown  # over the sweep's bound: not a best ticket
-    assert all(r.instability <= 0.02 for r in best_tickets(uri, sweep="stable", top=None))
+    assert all(r.instability is not None and r.instability <= 0.02
+               for r in best_tickets(uri, sweep="stable", top=None))
     assert unstable in {r.run_id for r in best_tickets(uri, top=None)}  # across sweeps: no bound
 
     png = plot_instability("stable", uri, tmp_path / "inst.png")

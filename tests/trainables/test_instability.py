@@ -146,15 +146,18 @@ def test_instability_is_near_zero_for_lenet_and_falls_with_a_later_rewind_point_
     - the instability paper's LeNet on MNIST, stable at rewind 0: SGD lr 0.05, batch 64, replicates 0-2 of
       train.seed 0: 0.0, 0.3, 0.3 (train.seed 1: 1.0, 0.7, 0.7; train.seeds 0-2 one replicate each: 0.0,
       1.0, 0.0). Asserted: under the paper's threshold of stable, 2 points;
-    - calibrated here to be unstable at rewind 0: SGD lr 0.3, batch 32, train.seeds 0-2 (at lr 0.3 some
-      other init seeds diverge; at lr 0.2 rewind 0 is stable at level 1). Rewind 0: 34.7, 37.2, 33.3;
-      rewind 80 (about two epochs): 2.8, 10.8, 2.1. Asserted per seed: rewind 0 above 20 points and at least
-      15 above rewind 80 (measured 26 to 32).
+    - calibrated here to be unstable at rewind 0: SGD lr 0.2, batch 16, train.seeds 0-2, rewind 0 against
+      rewind 80 (under one epoch):
+        ATEN_CPU_CAPABILITY=avx2     rewind 0: 20.1 34.4 16.0 (mean 23.5)  rewind 80: 3.8 1.7 0.7 (mean 2.1)
+        ATEN_CPU_CAPABILITY=default  rewind 0: 40.3 18.1 24.3 (mean 27.5)  rewind 80: 12.2 8.0 1.4 (mean 7.2)
+      (lr 0.3 diverges for some seeds under the default kernels; lr 0.12 is stable at both rewind points.)
+      Asserted: every seed above 10 points at rewind 0 and lower at rewind 80 (per seed at least 10 points
+      lower, measured), and the means at least 10 points apart (measured 20 and 21).
     """
     stable = _level_one(replicates=3)
     assert max(stable) <= 0.02, stable
-    fast = {"train.lr": 0.3, "train.batch_size": 32}
-    for seed in range(3):
-        early = _level_one(**fast, **{"train.seed": seed})[0]
-        later = _level_one(**fast, **{"train.seed": seed, "prune.rewind_iter": 80})[0]
-        assert early > 0.20 and early - later > 0.15, (seed, early, later)
+    fast = {"train.lr": 0.2, "train.batch_size": 16}
+    early = [_level_one(**fast, **{"train.seed": s})[0] for s in range(3)]
+    later = [_level_one(**fast, **{"train.seed": s, "prune.rewind_iter": 80})[0] for s in range(3)]
+    assert min(early) > 0.10 and all(e > lt for e, lt in zip(early, later, strict=True)), (early, later)
+    assert sum(early) / 3 - sum(later) / 3 > 0.10, (early, later)
