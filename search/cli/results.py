@@ -7,7 +7,7 @@ stdout unwrapped, so it pipes.
 
 Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
 `sqlite:///<cwd>/runs/mlflow.db`):
-    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json
+    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json, rank, confirmed
     export:  tracking_uri, run_id, out
     compare: tracking_uri, run_a, run_b, json
     plot:    tracking_uri, sweep, out
@@ -58,17 +58,52 @@ def _print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
-def best_table(records: list[TicketRecord], title: str) -> Table:
-    """One row per ticket; the full run id stays on one line so it can be pasted into `export`."""
+def _interval(r: TicketRecord, flat: dict[str, float], score: str, fallback: float) -> str:
+    """`mean ± half-width` of a score over replicates (percent for accuracy); the plain score without one."""
+    from search.results.uncertainty import plus_minus, summary
+
+    s = summary(flat, score)
+    if s is None:
+        return _score(r, fallback)
+    accuracy = score_meaning(r.flat.get("data.name", "")) == "accuracy"
+    return plus_minus(s, 100.0 if accuracy else 1.0, 1 if accuracy else 2) + ("%" if accuracy else "")
+
+
+def _margins(r: TicketRecord, margins: dict[str, dict[str, float]]) -> str:
+    """Each control's margin in points: paired over replicates with its interval where recorded."""
+    from search.results.uncertainty import summary
+
+    parts = []
+    for c in sorted(set(margins) | set(r.controls)):
+        s = summary(margins.get(c, {}))
+        if s is not None:
+            parts.append(f"{c} {100 * s.mean:+.1f}" + (f" ± {100 * s.ci95:.1f}" if s.ci95 is not None else ""))
+        elif c in r.controls:
+            parts.append(f"{c} {100 * r.controls[c]:+.1f}")
+    return " ".join(parts) or "-"
+
+
+def best_table(records: list[TicketRecord], title: str, confirmed: bool = False) -> Table:
+    """One row per ticket; the full run id stays on one line so it can be pasted into `export`. Scores are
+    `mean ± 95% half-width` over replicates (over the confirming seeds with `confirmed`)."""
+    from search.results.uncertainty import margins_of
+
     table = Table(title=title)
     table.add_column("run", no_wrap=True, min_width=32)
-    for col in ("level", "density", "val", "test", "scorer", "rate", "vs controls"):
+    cols = ("level", "density", "val", "n", "test", "scorer", "rate", "vs controls")
+    for col in (*cols[:2], "confirmed val", *cols[2:]) if confirmed else cols:
         table.add_column(col, justify="left" if col in ("scorer", "vs controls") else "right")
     for r in records:
-        margins = " ".join(f"{c} {100 * m:+.1f}" for c, m in r.controls.items()) or "-"
+        flat = r.confirmed if confirmed else r.stats
         density = _pct(r.density, 1) + (" collapsed" if r.collapsed else "")
-        table.add_row(r.run_id, str(r.level), density, _score(r, r.val_score), _score(r, r.test_score), r.scorer,
-                      _number(r.flat.get("prune.rate", "?")), margins)
+        n = str(int(flat.get("val_score_n", 1)))
+        val = _interval(r, r.stats, "val_score", r.val_score)
+        first = [r.run_id, str(r.level), density]
+        if confirmed:
+            first.append(_interval(r, flat, "val_score", float("nan")))
+        table.add_row(*first, val, n, _interval(r, flat, "test_score", r.test_score), r.scorer,
+                      _number(r.flat.get("prune.rate", "?")),
+                      _margins(r, margins_of(flat) if confirmed else r.margins))
     return table
 
 
@@ -77,7 +112,8 @@ def best_command(args: argparse.Namespace) -> int:
     from search.sweep import objectives
 
     records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
-                           dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top)
+                           dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top,
+                           rank=args.rank, confirmed=args.confirmed)
     if args.json:
         _print_json([r.to_json() for r in records])
         return 0
@@ -90,9 +126,14 @@ def best_command(args: argparse.Namespace) -> int:
         title = objectives.get(sweep_objective(args.tracking_uri, args.sweep)).title.format(sweep=args.sweep)
     else:
         title = "Best tickets by validation score"
-    console.print(best_table(records, title))
+    if args.confirmed:
+        title = f"{title} (confirmed on new seeds)"
+    console.print(best_table(records, title, confirmed=args.confirmed))
     console.print("val = validation score (ranks tickets: accuracy, minus the perplexity of a language model, "
                   "a policy's mean return); test = the same score on the test split, shown, never used to rank.")
+    console.print("a ± b = mean over n replicate seeds ± the 95% interval's half-width (Student's t); controls "
+                  "are paired per seed. Ranked by the "
+                  + ("interval's lower end (--rank lcb)." if args.rank == "lcb" else "mean."))
     return 0
 
 
@@ -156,6 +197,10 @@ def add_parsers(sub: Any) -> None:
     best.add_argument("--model", help="only tickets of this model")
     best.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
     best.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    best.add_argument("--rank", default="mean", choices=("mean", "lcb"),
+                      help="rank by the mean val score over replicates (default) or by its 95%% lower bound")
+    best.add_argument("--confirmed", action="store_true",
+                      help="only tickets `confirm` retrained on new seeds, with their confirmed figures")
     _tracking(best)
     best.set_defaults(handler=best_command)
     export = sub.add_parser("export", help="write a ticket run's mask, rewind weights and config to a folder")
