@@ -1,6 +1,6 @@
-"""`ticket-search best | export | compare | plot`: read tickets back out of MLflow, print with rich.
+"""`ticket-search best | export | compare | confirm | plot`: read tickets back out of MLflow, print with rich.
 
-Each verb is `<verb>_command(args) -> int` over an argparse Namespace; `add_parsers(sub)` adds all four
+Each verb is `<verb>_command(args) -> int` over an argparse Namespace; `add_parsers(sub)` adds all five
 subparsers and sets `args.handler` to the verb's function, which the CLI's one dispatch calls. User
 mistakes raise `ConfigError`, which `search.cli.main` prints as `error: ...` with exit code 2. JSON goes to
 stdout unwrapped, so it pipes.
@@ -10,6 +10,7 @@ Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLF
     best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json, rank, confirmed
     export:  tracking_uri, run_id, out
     compare: tracking_uri, run_a, run_b, json
+    confirm: tracking_uri, run_id, seeds, out
     plot:    tracking_uri, sweep, out
 """
 
@@ -182,13 +183,35 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def confirm_command(args: argparse.Namespace) -> int:
+    from search.results.confirm import confirm_ticket
+    from search.results.uncertainty import plus_minus
+
+    console = make_console()
+    console.print(f"confirming ticket {args.run_id} on {args.seeds} new seed(s), one after another ...")
+
+    def on_seed(seed: int, r: Any) -> None:
+        margins = "  ".join(f"{c} {100 * (r.val_score - v['val_score']):+.1f}" for c, v in r.controls.items())
+        console.print(f"seed {seed}: level {r.level}  density {_pct(r.density, 1)}  val {_pct(r.val_score, 1)}  "
+                      f"test {_pct(r.test_score, 1)}  {margins}")
+
+    c = confirm_ticket(args.run_id, args.seeds, args.tracking_uri, out=args.out, on_seed=on_seed)
+    parts = [f"val {plus_minus(c.summary('val_score'))}", f"test {plus_minus(c.summary('test_score'))}"]
+    for control in c.results[0].controls:
+        parts.append(f"vs {control} {plus_minus(c.margin(control))} (paired)")
+    console.print(f"confirmed over {len(c.seeds)} seeds (mean ± 95% half-width, points): " + "; ".join(parts))
+    console.print(f"logged to ticket run {c.run_id} (tag confirmed=true) with {len(c.child_run_ids)} child runs; "
+                  "`ticket-search best --confirmed` lists it")
+    return 0
+
+
 def _tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db)")
 
 
 def add_parsers(sub: Any) -> None:
-    """Add `best`, `export`, `compare` and `plot` to an argparse subparsers object (`handler` = function)."""
+    """Add `best`, `export`, `compare`, `confirm` and `plot` to an argparse subparsers object (`handler` = function)."""
     best = sub.add_parser("best", help="the best tickets found so far, from MLflow")
     best.add_argument("--sweep", help="one sweep (experiment) name; default: all sweeps")
     best.add_argument("--max-density", type=float, help="only tickets at or below this density, e.g. 0.2")
@@ -214,6 +237,12 @@ def add_parsers(sub: Any) -> None:
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _tracking(compare)
     compare.set_defaults(handler=compare_command)
+    confirm = sub.add_parser("confirm", help="retrain a ticket's search on new seeds: confirmed mean, interval")
+    confirm.add_argument("run_id", help="the ticket run's MLflow run id (from `best`)")
+    confirm.add_argument("--seeds", type=int, default=3, help="how many new seeds (default 3)")
+    confirm.add_argument("--out", help="also write each seed's results.json and masks under OUT/seed_<S>/")
+    _tracking(confirm)
+    confirm.set_defaults(handler=confirm_command)
     plot = sub.add_parser("plot", help="validation score against sparsity for one sweep (PNG)")
     plot.add_argument("--sweep", required=True, help="the sweep (experiment) name")
     plot.add_argument("--out", help="PNG file (default <tracking root>/plots/<sweep>.png)")

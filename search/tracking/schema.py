@@ -57,5 +57,5 @@ PARAM_TARGET = "target_density"
 MASK_ARTIFACT = paths.MASK_FILE  # ticket run; further replicates as paths.replicate_mask(r)
 DENSITY_ARTIFACT = paths.DENSITY_FILE  # ticket run
 REWIND_ARTIFACT = paths.REWIND_FILE  # trial run: the weights the ticket restarts from
-PLOT_DIR, PLOT_ARTIFACT = "plots", "accuracy_vs_sparsity.png"  # parent run
+PLOT_DIR, PLOT_ARTIFACT = "plots", "score_vs_density.png"  # parent run (search/results/plot.py)
 PAGE = 1000  # MLflow's largest search page
