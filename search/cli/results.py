@@ -135,7 +135,24 @@ def best_command(args: argparse.Namespace) -> int:
     console.print("a ± b = mean over n replicate seeds ± the 95% interval's half-width (Student's t); controls "
                   "are paired per seed. Ranked by the "
                   + ("interval's lower end (--rank lcb)." if args.rank == "lcb" else "mean."))
+    line = separation_line(records, args.confirmed)
+    if line:
+        console.print(line)
     return 0
+
+
+def separation_line(records: list[TicketRecord], confirmed: bool = False) -> str:
+    """How many neighbours in the ranking are told apart by their intervals ("" when none has one)."""
+    from search.results.uncertainty import summary
+    from trainables.stats import separated
+
+    sums = [summary(r.confirmed if confirmed else r.stats) for r in records[:5]]
+    pairs = [(a, b) for a, b in zip(sums, sums[1:], strict=False) if a is not None and b is not None]
+    if not any(s is not None and s.ci95 is not None for s in sums) or not pairs:
+        return ""
+    apart = sum(separated(a, b) for a, b in pairs)
+    return (f"intervals: {apart} of {len(pairs)} neighbouring pairs in the top {len(sums)} do not overlap "
+            "(the others are ties within the noise of the seeds)")
 
 
 def export_command(args: argparse.Namespace) -> int:

@@ -114,6 +114,7 @@ def test_best_shows_intervals_and_ranks_by_mean_or_lower_bound(reps, tmp_path, c
     assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "88.0 ± 1.0%" in out and "90.0 ± 8.0%" in out and "lower end" in out
+    assert "intervals: 0 of 2 neighbouring pairs in the top 3 do not overlap" in out
     assert out.index("88.0 ± 1.0%") < out.index("90.0 ± 8.0%")
     args = parse("best", "--sweep", "syn", "--json", "--tracking-uri", uri)
     assert args.handler(args) == 0
