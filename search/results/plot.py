@@ -127,6 +127,8 @@ def _draw_levels(ax: Axes, series: list[Series], ylabel: str) -> None:
     while x >= lowest * 0.8:
         ticks.append(x)
         x *= TICK_STEP
+    if lowest < ticks[-1] * 0.8:  # the sparsest point gets its own tick
+        ticks.append(lowest)
     ax.set_xscale("log")
     ax.set_xticks(ticks, [f"{t:.2g}" if t < 10 else f"{t:.0f}" for t in ticks])
     ax.minorticks_off()
