@@ -91,9 +91,13 @@ def best_table(records: list[TicketRecord], title: str, confirmed: bool = False)
 
     table = Table(title=title)
     table.add_column("run", no_wrap=True, min_width=32)
-    cols = ("level", "density", "val", "n", "test", "scorer", "rate", "vs controls")
-    for col in (*cols[:2], "confirmed val", *cols[2:]) if confirmed else cols:
-        table.add_column(col, justify="left" if col in ("scorer", "vs controls") else "right")
+    # with `confirmed`, n, test and the margins are the confirming seeds'; "sweep val" is what the sweep saw
+    cols: tuple[str, ...] = ("level", "density", "val", "n", "test", "scorer", "rate", "vs controls")
+    if confirmed:
+        cols = ("level", "density", "confirmed val", "sweep val", "seeds", "confirmed test", "scorer", "rate",
+                "vs controls (confirmed)")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("scorer", "vs controls", cols[-1]) else "right")
     for r in records:
         flat = r.confirmed if confirmed else r.stats
         density = _pct(r.density, 1) + (" collapsed" if r.collapsed else "")
@@ -215,7 +219,7 @@ def confirm_command(args: argparse.Namespace) -> int:
     c = confirm_ticket(args.run_id, args.seeds, args.tracking_uri, out=args.out, on_seed=on_seed)
     parts = [f"val {plus_minus(c.summary('val_score'))}", f"test {plus_minus(c.summary('test_score'))}"]
     for control in c.results[0].controls:
-        parts.append(f"vs {control} {plus_minus(c.margin(control))} (paired)")
+        parts.append(f"vs {control} {plus_minus(c.margin(control), signed=True)} (paired)")
     console.print(f"confirmed over {len(c.seeds)} seeds (mean ± 95% half-width, points): " + "; ".join(parts))
     console.print(f"logged to ticket run {c.run_id} (tag confirmed=true) with {len(c.child_run_ids)} child runs; "
                   "`ticket-search best --confirmed` lists it")

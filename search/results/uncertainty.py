@@ -61,11 +61,11 @@ def summary(flat: Mapping[str, float], score: str = "val_score") -> stats.Summar
     return stats.Summary.from_flat(dict(flat), score)
 
 
-def plus_minus(s: stats.Summary | None, scale: float = 100.0, digits: int = 1) -> str:
-    """`84.4 ± 2.2` (`84.4` when there is no interval; `-` when there is nothing)."""
+def plus_minus(s: stats.Summary | None, scale: float = 100.0, digits: int = 1, *, signed: bool = False) -> str:
+    """`84.4 ± 2.2` (`84.4` when there is no interval; `-` when there is nothing); `+1.6 ± 1.0` with `signed`."""
     if s is None or math.isnan(s.mean):
         return "-"
-    text = f"{scale * s.mean:.{digits}f}"
+    text = f"{scale * s.mean:{'+' if signed else ''}.{digits}f}"
     return f"{text} ± {scale * s.ci95:.{digits}f}" if s.ci95 is not None else text
 
 

@@ -148,7 +148,11 @@ def test_confirm_retrains_on_new_seeds_and_best_lists_it(reps, capsys):
     assert [r.run_id for r in confirmed] == [rec.run_id]
     assert confirmed[0].confirmed["val_score_mean"] == pytest.approx(statistics.fmean(vals))
     args = parse("best", "--sweep", "reps", "--confirmed", "--max-density", "1", "--tracking-uri", uri)
-    assert args.handler(args) == 0 and "confirmed val" in capsys.readouterr().out
+    capsys.readouterr()
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    shown = stats.summary(vals)
+    assert "confirmed val" in out and f"{100 * shown.mean:.1f} ± {100 * shown.ci95:.1f}%" in out
 
 
 def test_confirm_refuses_a_bad_run_id_or_a_run_that_is_not_a_ticket(reps, capsys):
