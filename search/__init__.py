@@ -2,7 +2,7 @@
 
 Subpackages: cli/ (the `ticket-search` command), sweep/ (sweep files, spaces, objectives, storage), tune/ (the
 Ray Tune run, its Optuna searcher, recovery and reconciliation), tracking/ (the MLflow schema, store, sink,
-outbox, callbacks), results/ (best tickets, export, transfer, comparison, plots). Imports `trainables`,
+outbox, callbacks), results/ (best tickets, confirmation, export, transfer, comparison, plots). Imports `trainables`,
 never the reverse.
 
 Python users get the CLI's verbs here:
@@ -17,7 +17,7 @@ from search.results.query import TicketRecord, best_tickets
 from search.sweep.objectives import pareto_front
 
 __all__ = ["TicketRecord", "best_tickets", "pareto_front", "load_sweep", "run_sweep", "resume_sweep",
-           "export_ticket", "resolve_init_mask"]
+           "export_ticket", "resolve_init_mask", "confirm_ticket"]
 
 
 def __getattr__(name: str) -> Any:  # heavy imports (Ray) only when asked for
@@ -33,6 +33,10 @@ def __getattr__(name: str) -> Any:  # heavy imports (Ray) only when asked for
         from search.results.export import export_ticket
 
         return export_ticket
+    if name == "confirm_ticket":
+        from search.results.confirm import confirm_ticket
+
+        return confirm_ticket
     if name == "resolve_init_mask":
         from search.results.transfer import resolve_init_mask
 

@@ -72,11 +72,14 @@ class CheckpointWriteError(OSError):
 
 
 def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
-    """The metrics reported to Ray at a level boundary."""
+    """The metrics reported to Ray at a level boundary; with replicates, each score's statistics and the
+    paired margins over each control (`margin_<control>_val_score_mean` ...), named as in MLflow."""
     return {"level": result.level, "density": result.density, "sparsity": 1 - result.density,
             "val_acc": result.val_acc, "val_loss": result.val_loss, "val_score": result.val_score,
             "test_acc": result.test_acc, "test_score": result.test_score, "collapsed": int(result.collapsed),
             "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0,
+            **result.stats,  # <score>_mean/_std/_n/_ci95 over replicates (trainables/stats.py)
+            **{f"margin_{c}_{k}": v for c, m in result.margins.items() for k, v in m.items()},
             **instability_metrics(result)}
 
 

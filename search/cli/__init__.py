@@ -1,7 +1,7 @@
 """The `ticket-search` command line: parse, dispatch to one verb module, turn user mistakes into exit 2.
 
 Each verb family is one module here (run.py: `run`; sweep.py: `sweep`, `resume`; results.py: `best`,
-`export`, `compare`, `plot`) whose `add_parsers` adds its subcommands and sets each one's `handler`;
+`export`, `compare`, `confirm`, `plot`) whose `add_parsers` adds its subcommands and sets each one's `handler`;
 `main` calls it. A new verb is one function and one subparser in its family's module.
 
 A user mistake (unknown key, bad value, missing file or dataset) prints one line `error: ...` and

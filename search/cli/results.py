@@ -1,15 +1,16 @@
-"""`ticket-search best | export | compare | plot`: read tickets back out of MLflow, print with rich.
+"""`ticket-search best | export | compare | confirm | plot`: read tickets back out of MLflow, print with rich.
 
-Each verb is `<verb>_command(args) -> int` over an argparse Namespace; `add_parsers(sub)` adds all four
+Each verb is `<verb>_command(args) -> int` over an argparse Namespace; `add_parsers(sub)` adds all five
 subparsers and sets `args.handler` to the verb's function, which the CLI's one dispatch calls. User
 mistakes raise `ConfigError`, which `search.cli.main` prints as `error: ...` with exit code 2. JSON goes to
 stdout unwrapped, so it pipes.
 
 Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
 `sqlite:///<cwd>/runs/mlflow.db`):
-    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json
+    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json, rank, confirmed
     export:  tracking_uri, run_id, out
     compare: tracking_uri, run_a, run_b, json
+    confirm: tracking_uri, run_id, seeds, out
     plot:    tracking_uri, sweep, out
 """
 
@@ -58,17 +59,56 @@ def _print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
-def best_table(records: list[TicketRecord], title: str) -> Table:
-    """One row per ticket; the full run id stays on one line so it can be pasted into `export`."""
+def _interval(r: TicketRecord, flat: dict[str, float], score: str, fallback: float) -> str:
+    """`mean ± half-width` of a score over replicates (percent for accuracy); the plain score without one."""
+    from search.results.uncertainty import plus_minus, summary
+
+    s = summary(flat, score)
+    if s is None:
+        return _score(r, fallback)
+    accuracy = score_meaning(r.flat.get("data.name", "")) == "accuracy"
+    return plus_minus(s, 100.0 if accuracy else 1.0, 1 if accuracy else 2) + ("%" if accuracy else "")
+
+
+def _margins(r: TicketRecord, margins: dict[str, dict[str, float]]) -> str:
+    """Each control's margin in points: paired over replicates with its interval where recorded."""
+    from search.results.uncertainty import summary
+
+    parts = []
+    for c in sorted(set(margins) | set(r.controls)):
+        s = summary(margins.get(c, {}))
+        if s is not None:
+            parts.append(f"{c} {100 * s.mean:+.1f}" + (f" ± {100 * s.ci95:.1f}" if s.ci95 is not None else ""))
+        elif c in r.controls:
+            parts.append(f"{c} {100 * r.controls[c]:+.1f}")
+    return " ".join(parts) or "-"
+
+
+def best_table(records: list[TicketRecord], title: str, confirmed: bool = False) -> Table:
+    """One row per ticket; the full run id stays on one line so it can be pasted into `export`. Scores are
+    `mean ± 95% half-width` over replicates (over the confirming seeds with `confirmed`)."""
+    from search.results.uncertainty import margins_of
+
     table = Table(title=title)
     table.add_column("run", no_wrap=True, min_width=32)
-    for col in ("level", "density", "val", "test", "scorer", "rate", "vs controls"):
-        table.add_column(col, justify="left" if col in ("scorer", "vs controls") else "right")
+    # with `confirmed`, n, test and the margins are the confirming seeds'; "sweep val" is what the sweep saw
+    cols: tuple[str, ...] = ("level", "density", "val", "n", "test", "scorer", "rate", "vs controls")
+    if confirmed:
+        cols = ("level", "density", "confirmed val", "sweep val", "seeds", "confirmed test", "scorer", "rate",
+                "vs controls (confirmed)")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("scorer", "vs controls", cols[-1]) else "right")
     for r in records:
-        margins = " ".join(f"{c} {100 * m:+.1f}" for c, m in r.controls.items()) or "-"
+        flat = r.confirmed if confirmed else r.stats
         density = _pct(r.density, 1) + (" collapsed" if r.collapsed else "")
-        table.add_row(r.run_id, str(r.level), density, _score(r, r.val_score), _score(r, r.test_score), r.scorer,
-                      _number(r.flat.get("prune.rate", "?")), margins)
+        n = str(int(flat.get("val_score_n", 1)))
+        val = _interval(r, r.stats, "val_score", r.val_score)
+        first = [r.run_id, str(r.level), density]
+        if confirmed:
+            first.append(_interval(r, flat, "val_score", float("nan")))
+        table.add_row(*first, val, n, _interval(r, flat, "test_score", r.test_score), r.scorer,
+                      _number(r.flat.get("prune.rate", "?")),
+                      _margins(r, margins_of(flat) if confirmed else r.margins))
     return table
 
 
@@ -77,7 +117,8 @@ def best_command(args: argparse.Namespace) -> int:
     from search.sweep import objectives
 
     records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
-                           dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top)
+                           dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top,
+                           rank=args.rank, confirmed=args.confirmed)
     if args.json:
         _print_json([r.to_json() for r in records])
         return 0
@@ -90,10 +131,32 @@ def best_command(args: argparse.Namespace) -> int:
         title = objectives.get(sweep_objective(args.tracking_uri, args.sweep)).title.format(sweep=args.sweep)
     else:
         title = "Best tickets by validation score"
-    console.print(best_table(records, title))
+    if args.confirmed:
+        title = f"{title} (confirmed on new seeds)"
+    console.print(best_table(records, title, confirmed=args.confirmed))
     console.print("val = validation score (ranks tickets: accuracy, minus the perplexity of a language model, "
                   "a policy's mean return); test = the same score on the test split, shown, never used to rank.")
+    console.print("a ± b = mean over n replicate seeds ± the 95% interval's half-width (Student's t); controls "
+                  "are paired per seed. Ranked by the "
+                  + ("interval's lower end (--rank lcb)." if args.rank == "lcb" else "mean."))
+    line = separation_line(records, args.confirmed)
+    if line:
+        console.print(line)
     return 0
+
+
+def separation_line(records: list[TicketRecord], confirmed: bool = False) -> str:
+    """How many neighbours in the ranking are told apart by their intervals ("" when none has one)."""
+    from search.results.uncertainty import summary
+    from trainables.stats import separated
+
+    sums = [summary(r.confirmed if confirmed else r.stats) for r in records[:5]]
+    pairs = [(a, b) for a, b in zip(sums, sums[1:], strict=False) if a is not None and b is not None]
+    if not any(s is not None and s.ci95 is not None for s in sums) or not pairs:
+        return ""
+    apart = sum(separated(a, b) for a, b in pairs)
+    return (f"intervals: {apart} of {len(pairs)} neighbouring pairs in the top {len(sums)} do not overlap "
+            "(the others are ties within the noise of the seeds)")
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -151,13 +214,35 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def confirm_command(args: argparse.Namespace) -> int:
+    from search.results.confirm import confirm_ticket
+    from search.results.uncertainty import plus_minus
+
+    console = make_console()
+    console.print(f"confirming ticket {args.run_id} on {args.seeds} new seed(s), one after another ...")
+
+    def on_seed(seed: int, r: Any) -> None:
+        margins = "  ".join(f"{c} {100 * (r.val_score - v['val_score']):+.1f}" for c, v in r.controls.items())
+        console.print(f"seed {seed}: level {r.level}  density {_pct(r.density, 1)}  val {_pct(r.val_score, 1)}  "
+                      f"test {_pct(r.test_score, 1)}  {margins}")
+
+    c = confirm_ticket(args.run_id, args.seeds, args.tracking_uri, out=args.out, on_seed=on_seed)
+    parts = [f"val {plus_minus(c.summary('val_score'))}", f"test {plus_minus(c.summary('test_score'))}"]
+    for control in c.results[0].controls:
+        parts.append(f"vs {control} {plus_minus(c.margin(control), signed=True)} (paired)")
+    console.print(f"confirmed over {len(c.seeds)} seeds (mean ± 95% half-width, points): " + "; ".join(parts))
+    console.print(f"logged to ticket run {c.run_id} (tag confirmed=true) with {len(c.child_run_ids)} child runs; "
+                  "`ticket-search best --confirmed` lists it")
+    return 0
+
+
 def _tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db)")
 
 
 def add_parsers(sub: Any) -> None:
-    """Add `best`, `export`, `compare` and `plot` to an argparse subparsers object (`handler` = function)."""
+    """Add `best`, `export`, `compare`, `confirm` and `plot` to an argparse subparsers object (`handler` = function)."""
     best = sub.add_parser("best", help="the best tickets found so far, from MLflow")
     best.add_argument("--sweep", help="one sweep (experiment) name; default: all sweeps")
     best.add_argument("--max-density", type=float, help="only tickets at or below this density, e.g. 0.2")
@@ -166,6 +251,10 @@ def add_parsers(sub: Any) -> None:
     best.add_argument("--model", help="only tickets of this model")
     best.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
     best.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    best.add_argument("--rank", default="mean", choices=("mean", "lcb"),
+                      help="rank by the mean val score over replicates (default) or by its 95%% lower bound")
+    best.add_argument("--confirmed", action="store_true",
+                      help="only tickets `confirm` retrained on new seeds, with their confirmed figures")
     _tracking(best)
     best.set_defaults(handler=best_command)
     export = sub.add_parser("export", help="write a ticket run's mask, rewind weights and config to a folder")
@@ -179,11 +268,17 @@ def add_parsers(sub: Any) -> None:
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _tracking(compare)
     compare.set_defaults(handler=compare_command)
-    plot = sub.add_parser("plot", help="validation score against sparsity for one sweep (PNG)")
+    confirm = sub.add_parser("confirm", help="retrain a ticket's search on new seeds: confirmed mean, interval")
+    confirm.add_argument("run_id", help="the ticket run's MLflow run id (from `best`)")
+    confirm.add_argument("--seeds", type=int, default=3, help="how many new seeds (default 3)")
+    confirm.add_argument("--out", help="also write each seed's results.json and masks under OUT/seed_<S>/")
+    _tracking(confirm)
+    confirm.set_defaults(handler=confirm_command)
+    plot = sub.add_parser("plot", help="score against weights remaining, ticket and controls with intervals (PNG)")
     plot.add_argument("--sweep", required=True, help="the sweep (experiment) name")
     plot.add_argument("--out", help="PNG file (default <tracking root>/plots/<sweep>.png)")
     plot.add_argument("--kind", choices=("score", "instability"), default="score",
-                      help="score: validation score against sparsity (default); instability: the error "
+                      help="score: score against weights remaining (default); instability: the error "
                            "barrier against rewind iteration and density (prune.instability sweeps)")
     _tracking(plot)
     plot.set_defaults(handler=plot_command)

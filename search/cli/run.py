@@ -40,13 +40,21 @@ def level_table(results: list[LevelResult]) -> Table:
                 "collapse"):
         table.add_column(col, justify="right" if col != "controls (val acc, ticket +)" else "left")
     for r in results:
-        std = f" ±{100 * r.val_acc_std:.1f}" if r.val_acc_std else ""
-        controls = "  ".join(f"{c} {100 * v['val_acc']:.1f}% ({100 * r.advantage[c]:+.1f})"
-                             for c, v in r.controls.items())
+        ci = r.stats.get("val_acc_ci95")  # the 95% half-width over replicates (trainables/stats.py)
+        std = f" ± {100 * ci:.1f}" if ci is not None else ""
+        controls = "  ".join(f"{c} {100 * v['val_acc']:.1f}% ({_margin(r, c)})" for c, v in r.controls.items())
         table.add_row(str(r.level), f"{100 * r.density:.2f}%", f"{100 * r.val_acc:.2f}%{std}",
                       f"{100 * r.test_acc:.2f}%", str(r.early_stop_iter), controls or "-",
                       ", ".join(r.collapsed_layers) or "no")
     return table
+
+
+def _margin(r: LevelResult, control: str) -> str:
+    """The ticket's margin over a control in points: paired per replicate ± its 95% half-width where there is one."""
+    m = r.margins.get(control, {})
+    if "val_score_ci95" in m:
+        return f"{100 * m['val_score_mean']:+.1f} ± {100 * m['val_score_ci95']:.1f}"
+    return f"{100 * r.advantage[control]:+.1f}"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from search.results import uncertainty
 from search.sweep import objectives
 from search.sweep.storage import DEFAULT_ROOT, MLFLOW_DB
 from search.tracking import schema as S
@@ -55,6 +56,11 @@ class TicketRecord:
     instability: float | None = None  # validation error barrier (prune.instability), None when not measured
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
+    # Over replicates (search/results/uncertainty.py): `val_score_mean/_std/_n/_ci95` ..., the paired margins
+    # per control, and after `confirm` the confirmed figures (same names, prefix removed)
+    stats: dict[str, float] = field(default_factory=dict, hash=False)
+    margins: dict[str, dict[str, float]] = field(default_factory=dict, hash=False)
+    confirmed: dict[str, float] = field(default_factory=dict, hash=False)
 
     def ticket(self) -> Ticket:
         """The ticket search that found this ticket, re-typed from the run's params."""
@@ -200,7 +206,9 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         val_acc=m.get("val_acc", math.nan), test_acc=m.get("test_acc", math.nan),
         collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}),
         test_score=m.get("test_score", m.get("test_acc", math.nan)),
-        instability=m.get("instability_val"))
+        instability=m.get("instability_val"), stats=uncertainty.stats_of(m),
+        margins=uncertainty.margins_of(m),
+        confirmed=uncertainty.confirmed_of(m) if tags.get(S.CONFIRMED) == "true" else {})
 
 
 def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run],
@@ -224,15 +232,19 @@ def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run
 
 def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
                  max_density: float | None = None, dataset: str | None = None, scorer: str | None = None,
-                 model: str | None = None, top: int | None = 10) -> list[TicketRecord]:
+                 model: str | None = None, top: int | None = 10, rank: str = "mean",
+                 confirmed: bool = False) -> list[TicketRecord]:
     """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
     One `search_runs` query selects the tickets (filters and ranking done by MLflow); a second one
     fetches the control runs when any ticket has controls. `sweep=None` searches every experiment and
     ranks by val_score; with a sweep and no `max_density`, an objective that targets a density filters by
     the sweep's own. `top` caps a ranked list; a ranking that needs every ticket (a Pareto front) comes
-    whole (cutting it would hide one end of the trade-off).
+    whole (cutting it would hide one end of the trade-off). `rank="lcb"` ranks by the lower end of the val
+    score's 95% interval instead of its mean; `confirmed=True` keeps only tickets `confirm` has retrained
+    and ranks them by their confirmed figures (search/results/uncertainty.py).
     """
+    uncertainty.check_rank(rank)
     if top is not None and top < 1:
         raise ConfigError(f"--top: need a positive count, got {top}")
     client = client_for(tracking_uri)
@@ -248,10 +260,15 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
         exp_ids = [str(e.experiment_id) for e in store.experiments(client)]
     if not exp_ids:
         return []
-    runs = store.search_all(client, exp_ids, ticket_filter(**filters), order_by=["metrics.val_score DESC"],
-                            limit=None if ranking.whole else top)
+    if rank != "mean" and ranking.whole:
+        raise ConfigError(f"--rank: sweep '{sweep}' ranks by a Pareto front (of means); valid here: mean")
+    resort = rank != "mean" or (confirmed and not ranking.whole)
+    where = ticket_filter(**filters) + (f" and tags.{S.CONFIRMED} = 'true'" if confirmed else "")
+    runs = store.search_all(client, exp_ids, where, order_by=["metrics.val_score DESC"],
+                            limit=None if ranking.whole or resort else top)
     margins = _control_margins(client, exp_ids, runs, filters)
-    return ranking.rank([to_record(r, margins.get(r.info.run_id)) for r in runs])
+    records = ranking.rank([to_record(r, margins.get(r.info.run_id)) for r in runs])
+    return uncertainty.rerank(records, rank, confirmed, top) if resort else records
 
 
 def sweep_tickets(tracking_uri: str | None, sweep: str) -> list[TicketRecord]:

@@ -35,6 +35,20 @@ DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.sc
 TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "test_score", "val_loss",
                   "test_loss", "best_val_acc", "val_acc_std", "test_acc_std", "level", "early_stop_iter",
                   "collapsed", "epochs", "iterations", "wall_s")
+# Over replicates (trainables/stats.py), on ticket runs and in Ray results: <score>_mean, _std, _n, _ci95 for
+# every score of trainables.stats.SCORES; paired margins: margin_<control>_<score>_<suffix> on the ticket run,
+# margin_<score>_<suffix> on the control's own run. `confirm` writes the same names prefixed CONFIRMED.
+MARGIN = "margin"
+CONFIRMED = "confirmed"  # tag "true" on a confirmed ticket run; prefix of its confirmed metrics
+CONFIRM_KIND = "confirm"  # kind of the runs `confirm` logs (children of the ticket run)
+TAG_SEEDS = "confirmed_seeds"  # the train.seed values a ticket was confirmed on, comma-separated
+
+
+def margin_metric(control: str, name: str) -> str:
+    """`margin_<control>_<name>` (a ticket run), or `margin_<name>` with control "" (a control's own run)."""
+    return f"{MARGIN}_{control}_{name}" if control else f"{MARGIN}_{name}"
+
+
 EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "level")  # trial run, per evaluation
 TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
 PARAM_OBJECTIVE = "objective"  # parent-run params the queries read back (search/results/query.py)
@@ -45,5 +59,5 @@ INSTABILITY_METRICS = ("instability_val", "instability_test")  # ticket runs of 
 MASK_ARTIFACT = paths.MASK_FILE  # ticket run; further replicates as paths.replicate_mask(r)
 DENSITY_ARTIFACT = paths.DENSITY_FILE  # ticket run
 REWIND_ARTIFACT = paths.REWIND_FILE  # trial run: the weights the ticket restarts from
-PLOT_DIR, PLOT_ARTIFACT = "plots", "accuracy_vs_sparsity.png"  # parent run
+PLOT_DIR, PLOT_ARTIFACT = "plots", "score_vs_density.png"  # parent run (search/results/plot.py)
 PAGE = 1000  # MLflow's largest search page

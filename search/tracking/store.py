@@ -220,16 +220,21 @@ def stage_mask_artifacts(folder: Path, result: LevelResult) -> None:
 
 
 def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
-    """The metric row of a ticket run; a control's run carries the control's own accuracy."""
+    """The metric row of a ticket run (with its statistics over replicates and its paired margins over each
+    control); a control's run carries the control's own scores and its paired margin."""
     m = {k: float(getattr(result, k)) for k in S.TICKET_METRICS
          if k not in ("sparsity", "collapsed") and hasattr(result, k)}
     m["collapsed"] = float(result.collapsed)
     if member == S.MEMBER_TICKET:
         m.update(instability_metrics(result))
+        m.update(result.stats)  # <score>_mean/_std/_n/_ci95 over replicates (trainables/stats.py)
+        for control, margin in result.margins.items():
+            m.update({S.margin_metric(control, k): v for k, v in margin.items()})
     else:
         c = result.controls[member]
         m.update({k: float(v) for k, v in c.items()})
         m["advantage"] = result.advantage[member]
+        m.update({S.margin_metric("", k): v for k, v in result.margins.get(member, {}).items()})
         for k in ("val_loss", "test_loss", "best_val_acc", "val_acc_std", "test_acc_std"):
             m.pop(k, None)
     m["sparsity"] = 1.0 - m["density"]

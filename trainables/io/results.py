@@ -8,12 +8,11 @@ the names are trainables/paths.py's.
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainables import paths
+from trainables import paths, stats
 from trainables.io import maskio
 from trainables.pruning.masks import Mask
 from trainables.training.members import TICKET
@@ -38,7 +37,8 @@ class MemberResult:
 
 @dataclass
 class LevelResult:
-    """What one level of a ticket search produced (ticket metrics are means over replicates)."""
+    """What one level of a ticket search produced (ticket metrics are means over replicates; `stats` and
+    `margins` carry their spread, see trainables/stats.py)."""
 
     level: int
     density: float
@@ -58,8 +58,12 @@ class LevelResult:
     epochs: float  # epochs trained at this level
     iterations: int  # iterations trained at this level
     wall_s: float
-    controls: dict[str, dict[str, float]] = field(default_factory=dict)
+    controls: dict[str, dict[str, float]] = field(default_factory=dict)  # means, and each score's stats
     advantage: dict[str, float] = field(default_factory=dict)  # ticket val_acc - control val_acc
+    # Over replicates (trainables/stats.py): `<score>_mean/_std/_n/_ci95` of every score of the ticket
+    stats: dict[str, float] = field(default_factory=dict)
+    # control -> paired margins, replicate r's ticket minus replicate r's control: `val_score_mean` ...
+    margins: dict[str, dict[str, float]] = field(default_factory=dict)
     members: list[MemberResult] = field(default_factory=list)
     masks: list[Mask] = field(default_factory=list, repr=False)  # one per replicate
     # prune.instability: {"val", "test": error barriers, means over replicates; "val_per_replicate",
@@ -96,32 +100,48 @@ def instability_metrics(result: LevelResult) -> dict[str, float]:
 
 def summarise(level: int, members: list[MemberResult], masks: list[Mask], layer_density: dict[str, float],
               collapsed_layers: list[str], epochs: float, iterations: int, wall_s: float) -> LevelResult:
-    """Aggregate member results: ticket metrics as mean/std over replicates, controls as means."""
-    tickets = [m for m in members if m.member == TICKET]
+    """Aggregate member results: ticket metrics as means over replicates with their statistics, controls
+    likewise, and each control's margin paired per replicate."""
+    tickets = sorted((m for m in members if m.member == TICKET), key=lambda m: m.replicate)
+
+    def values(rows: list[MemberResult], key: str) -> list[float]:
+        return [float(getattr(r, key)) for r in rows]
 
     def mean(rows: list[MemberResult], key: str) -> float:
-        return statistics.fmean(getattr(r, key) for r in rows)
+        return stats.summary(values(rows, key)).mean
 
-    def std(rows: list[MemberResult], key: str) -> float:
-        return statistics.pstdev([getattr(r, key) for r in rows]) if len(rows) > 1 else 0.0
+    def scored(rows: list[MemberResult]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key in stats.SCORES:
+            out.update(stats.summary(values(rows, key)).flat(key))
+        return out
 
     controls: dict[str, dict[str, float]] = {}
+    margins: dict[str, dict[str, float]] = {}
+    by_rep = {t.replicate: t for t in tickets}
     for name in dict.fromkeys(m.member for m in members if m.member != TICKET):
-        rows = [m for m in members if m.member == name]
+        rows = sorted((m for m in members if m.member == name), key=lambda m: m.replicate)
         controls[name] = {k: mean(rows, k) for k in ("val_acc", "test_acc", "val_score", "test_score",
                                                      "density")}
+        controls[name].update({k: v for k, v in scored(rows).items() if k.split("_")[1] == "score"})
+        pairs = [(by_rep[c.replicate], c) for c in rows if c.replicate in by_rep]
+        margins[name] = {}
+        for key in ("val_score", "test_score"):
+            margins[name].update(stats.paired([getattr(t, key) for t, _ in pairs],
+                                              [getattr(c, key) for _, c in pairs]).flat(key))
     ticket_val = mean(tickets, "val_acc")
+    summary = scored(tickets)
     return LevelResult(
         level=level, density=mean(tickets, "density"), layer_density=layer_density,
         val_acc=ticket_val, test_acc=mean(tickets, "test_acc"), val_loss=mean(tickets, "val_loss"),
         test_loss=mean(tickets, "test_loss"), val_score=mean(tickets, "val_score"),
         test_score=mean(tickets, "test_score"), best_val_acc=mean(tickets, "best_val_acc"),
-        val_acc_std=std(tickets, "val_acc"), test_acc_std=std(tickets, "test_acc"),
+        val_acc_std=summary.get("val_acc_std", 0.0), test_acc_std=summary.get("test_acc_std", 0.0),
         early_stop_iter=round(mean(tickets, "early_stop_iter")),
         collapsed=bool(collapsed_layers), collapsed_layers=collapsed_layers,
         epochs=epochs, iterations=iterations, wall_s=wall_s, controls=controls,
         advantage={c: ticket_val - v["val_acc"] for c, v in controls.items()},
-        members=members, masks=masks)
+        stats=summary, margins=margins, members=members, masks=masks)
 
 
 def write_results(out: Path, config: dict[str, Any], levels: list[LevelResult],
