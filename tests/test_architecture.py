@@ -27,7 +27,7 @@ MAX_LINES = 300  # "about 300": a module longer than this is two concepts
 # trainables' floors, lowest first: a module imports only modules of its own floor or lower (DESIGN.md 3)
 FLOORS = [
     ("trainables.config", "trainables.typed", "trainables.paths", "trainables.seeds",
-     "trainables.stats"),
+     "trainables.stats", "trainables.sections"),
     ("trainables.models",),
     ("trainables.tasks",),
     ("trainables.pruning",),

@@ -27,60 +27,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.sections import CHOICES, DataConfig, ModelConfig, RLConfig, TrainConfig
+from trainables.sections import help_field as _help
 from trainables.typed import ConfigError, choice, coerce, did_you_mean, in_range, optional_of
 
-__all__ = ["DEFAULTS", "KEYS", "LEVELS_WITHOUT_TARGET", "MAX_LEVELS", "METHODS", "SCOPES", "SECTIONS", "TYPES",
-           "ConfigError", "DataConfig", "ModelConfig", "PruneConfig", "RLConfig", "Ticket", "TrainConfig",
-           "choices", "from_nested", "help_text", "key_type", "register_check", "register_names", "validate"]
+__all__ = ["DEFAULTS", "EB_STRUCTURES", "KEYS", "LEVELS_WITHOUT_TARGET", "MAX_LEVELS", "METHODS", "OUTPUT_POOLS",
+           "REWIND_ORDERS", "SCOPES", "SCORE_MODES", "SCORE_PER", "SECTIONS", "TYPES", "ConfigError", "DataConfig",
+           "ModelConfig", "PruneConfig", "RLConfig", "Ticket", "TrainConfig", "choices", "from_nested", "help_text",
+           "key_type", "register_check", "register_names", "validate"]
 
 METHODS = ("imp", "init")  # the lottery's two searches (trainables/lottery.py)
 SCOPES = ("global", "layer")  # where pruning ranks weights (trainables/pruning/masks.py)
+OUTPUT_POOLS = ("own", "pooled")  # the output layer at its own rate, or ranked in the pool (SynFlow paper)
+SCORE_MODES = ("eval", "train")  # BatchNorm statistics while scoring: running (references) or the batch's
+SCORE_PER = ("class", "total")  # prune.score_examples counts per class or in all
+REWIND_ORDERS = ("through", "restart")  # level 0 straight through k, or open_lth's: stop at k, fresh optimizer
+EB_STRUCTURES = ("unstructured", "channel")  # Early-Bird masks of weights, or of BatchNorm channels
 MAX_LEVELS = 1000  # the most IMP levels a search may ask for
 LEVELS_WITHOUT_TARGET = 5  # prune.levels unset and no prune.target_density: the classic five levels
-CHOICES = "{choices}"  # in a help text: the key's valid names, as the registries list them
-
-
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = _help(f"dataset: {CHOICES} (an RL environment)", default="digits")
-    root: str = _help("folder holding torchvision datasets", default="data")
-    download: bool = _help("download a torchvision dataset if missing (never in tests)", default=False)
-    val_fraction: float = _help("fraction of the training set held out for validation", default=0.1)
-    seed: int = _help("seed of the train/validation split", default=0)
-    augment: bool = _help("flip+crop augmentation for CIFAR-like data (done on tensors)", default=True)
-    input_shape: str = _help("synthetic only: input shape such as 3x32x32 or 40", default="1x8x8")
-    num_classes: int = _help("synthetic only: number of classes", default=10)
-    size: int = _help("synthetic only: number of examples (train+val+test)", default=2000)
-    tokens: str = _help(f"pydoc only: tokens of the language model: {CHOICES}", default="char")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = _help(f"model: {CHOICES}", default="lenet300")
-    widths: tuple[int, ...] = _help("hidden widths of `mlp`", default=(300, 100))
-    width: int = _help("lstm/transformer: hidden width (embedding and state size)", default=128)
-    depth: int = _help("lstm/transformer: number of layers", default=2)
-    heads: int = _help("transformer: attention heads (must divide model.width)", default=4)
-    context: int = _help("lstm/transformer: tokens per training window (and attention span)", default=64)
-    dense_embeddings: bool = _help("lstm/transformer: never prune the embeddings", default=False)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    optimizer: str = _help(f"optimizer: {CHOICES}", default="sgd")
-    lr: float = _help("peak learning rate", default=0.05)
-    momentum: float = _help("SGD momentum", default=0.9)
-    weight_decay: float = _help("L2 (sgd, adam) or decoupled (adamw) weight decay", default=0.0)
-    batch_size: int = _help("examples per iteration", default=64)
-    epochs: int = _help("epochs of training per level", default=10)
-    lr_schedule: str = _help(f"learning-rate schedule: {CHOICES}", default="constant")
-    warmup_iters: int = _help("linear warm-up iterations", default=0)
-    seed: int = _help("seed of initialisation and data order", default=0)
-    device: str = _help(f"device: {CHOICES}", default="auto")
 
 
 @dataclass(frozen=True)
@@ -97,7 +61,8 @@ class PruneConfig:
                                f"prune.target_density needs ({LEVELS_WITHOUT_TARGET} without a target)",
                                default=None)
     target_density: float | None = _help(
-        "density to reach: IMP stops at the first level at or below it; init prunes straight to it",
+        "density to reach, of all prunable weights (output layer included): IMP stops at the first level at "
+        "or below it; init prunes straight to it",
         default=None)
     iterations: int = _help("scoring iterations for init (exponential schedule; SynFlow needs ~100)",
                             default=1)
@@ -117,24 +82,21 @@ class PruneConfig:
                               "is recorded as instability_val/instability_test", default=False)
     instability_alphas: int = _help("instability: points along the path W(a) = a*W1 + (1-a)*W2, ends included",
                                     default=11)
-
-
-@dataclass(frozen=True)
-class RLConfig:
-    algorithm: str = _help(f"on-policy algorithm: {CHOICES} (reinforce: with a value baseline)", default="ppo")
-    envs: int = _help("environments stepped side by side per member", default=8)
-    rollout_steps: int = _help("environment steps per rollout, over all envs (a multiple of rl.envs)",
-                               default=512)
-    rollouts_per_epoch: int = _help("rollouts per epoch (an epoch ends with an evaluation)", default=10)
-    ppo_epochs: int = _help("ppo: passes over each rollout, in minibatches of train.batch_size steps",
-                            default=4)
-    gamma: float = _help("discount factor", default=0.99)
-    gae_lambda: float = _help("ppo: GAE lambda of the advantages (reinforce uses 1: Monte Carlo returns)",
-                              default=0.95)
-    clip: float = _help("ppo: clip range of the probability ratio", default=0.2)
-    entropy_coef: float = _help("weight of the entropy bonus in the loss (keeps exploring)", default=0.01)
-    eval_episodes: int = _help("evaluation episodes per split, fixed seeds (val and test disjoint)",
-                               default=10)
+    output_pool: str = _help("output layer: own = at prune.output_rate; pooled = ranked with the other layers "
+                             "like any layer (the SynFlow paper; it can collapse)", default="own")
+    score_mode: str = _help("snip/grasp/synflow score the model in eval mode (BatchNorm running statistics, "
+                            "the references) or train mode (batch statistics)", default="eval")
+    score_examples: int = _help("snip/grasp: scoring examples drawn from the replicate's seed, per "
+                                "prune.score_per", default=10)
+    score_per: str = _help("prune.score_examples counts: class = per class (GraSP), total = in all (SNIP, "
+                           "SynFlow repo: 100)", default="class")
+    rewind_order: str = _help("imp, rewind_iter > 0: through = level 0 trains straight past k; restart = "
+                              "open_lth's order: train to k, then level 0 from k with a fresh optimizer",
+                              default="through")
+    eb_structure: str = _help("Early-Bird masks: unstructured (weights, magnitude) or channel (BatchNorm "
+                              "scaling factors, You et al.; BN models)", default="unstructured")
+    eb_l1: float = _help("Early-Bird channel: L1 penalty on BatchNorm scaling factors during the search",
+                         default=1e-4)
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
@@ -291,6 +253,13 @@ def _validate_prune(p: PruneConfig) -> None:
     in_range("prune.eb_epsilon", p.eb_epsilon, 0.0, 1.0)
     in_range("prune.eb_window", p.eb_window, 2, 1000)
     in_range("prune.instability_alphas", p.instability_alphas, 3, 1001)
+    choice("prune.output_pool", p.output_pool, OUTPUT_POOLS)
+    choice("prune.score_mode", p.score_mode, SCORE_MODES)
+    in_range("prune.score_examples", p.score_examples, 1, 10**6)
+    choice("prune.score_per", p.score_per, SCORE_PER)
+    choice("prune.rewind_order", p.rewind_order, REWIND_ORDERS)
+    choice("prune.eb_structure", p.eb_structure, EB_STRUCTURES)
+    in_range("prune.eb_l1", p.eb_l1, 0.0, 1.0)
 
 
 def from_nested(doc: typing.Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from trainables.io.maskio import load_init_mask
 from trainables.io.results import LevelResult, MemberResult, summarise
 from trainables.pruning import controls, schedule, scorers
 from trainables.pruning import masks as mk
-from trainables.pruning.earlybird import EarlyBird
+from trainables.pruning.earlybird import EarlyBirdSearch
 from trainables.pruning.imp import level_mask
 from trainables.pruning.masks import refit
 from trainables.tasks.base import Task
@@ -74,7 +74,7 @@ class Lottery:
             return 1.0, 0.0
         with torch.random.fork_rng(devices=[]):  # shapes only: leave the seeded streams alone
             model = build_model(self.ticket, self.task.input_shape, self.task.num_outputs)
-        return mk.kept_shares(self._first_mask(model, 0), mk.output_param(model))
+        return mk.kept_shares(self._first_mask(model, 0), self.output(model))
 
     def require_target_reached(self) -> None:
         """Refuse a `prune.levels` that stops short of `prune.target_density` (the `run` command asks, before
@@ -86,6 +86,10 @@ class Lottery:
         torch.manual_seed(seed)
         return build_model(self.ticket, self.task.input_shape, self.task.num_outputs).to(self.device)
 
+    def output(self, model: nn.Module) -> str | None:
+        """The output layer ranked at its own rate, or None when `prune.output_pool=pooled` puts it in the pool."""
+        return mk.output_param(model) if self.ticket.prune.output_pool == "own" else None
+
     def init_seed(self, replicate: int) -> int:
         return seeds.init(self.ticket.train.seed, replicate)
 
@@ -95,12 +99,13 @@ class Lottery:
         tickets, others = [], []
         for r in range(p.replicates):
             mask = self.state.masks[r]
-            tickets.append(Member(TICKET, r, self._rewound(r), mask))
+            tickets.append(Member(TICKET, r, self._rewound(r), mask, bn_l1=self._bn_l1(level)))
             if self._twins(level):
-                others.append(Member(TWIN, r, self._rewound(r), mask, task=self._twin_task(r)))
+                others.append(Member(TWIN, r, self._rewound(r), mask, task=self._twin_task(r),
+                                     bn_l1=self._bn_l1(level)))
             if mk.density(mask) >= 1.0:
                 continue  # a dense level has nothing to control for
-            output = mk.output_param(tickets[-1].model)
+            output = self.output(tickets[-1].model)
             for name in p.controls:
                 control, gen = controls.get(name), seeds.control_mask(seed, r, level, name)
                 model = self.new_model(seeds.control_init(seed, r, level)) if control.fresh_init else self._rewound(r)
@@ -114,12 +119,13 @@ class Lottery:
         return p.instability and (level > 0 or p.rewind_iter == 0)
 
     def _twin_task(self, replicate: int) -> Task:
-        reordered = getattr(self.task, "reordered", None)
-        if reordered is None:
-            raise ConfigError(f"prune.instability: the {self.ticket.data.name} task has no other data order "
-                              "to train a second copy with (classification and language models have)")
-        task: Task = reordered(seeds.twin_order(self.ticket.train.seed, replicate))
-        return task
+        return instability.twin_task(self.task, self.ticket.data.name,
+                                     seeds.twin_order(self.ticket.train.seed, replicate))
+
+    def _bn_l1(self, level: int) -> float:
+        """The L1 penalty on BatchNorm scaling factors: only while the Early-Bird channel search trains."""
+        p = self.ticket.prune
+        return p.eb_l1 if level == 0 and p.early_bird and p.eb_structure == "channel" else 0.0
 
     def _rewound(self, replicate: int) -> nn.Module:
         model = self.new_model(self.init_seed(replicate))
@@ -149,7 +155,7 @@ class Lottery:
             return  # level 0 is trained by _train_level like any other level
         k = p.rewind_iter
         if k > 0 or p.early_bird:
-            members = [Member(TICKET, r, m, self.state.masks[r]) for r, m in enumerate(models)]
+            members = [Member(TICKET, r, m, self.state.masks[r], bn_l1=self._bn_l1(0)) for r, m in enumerate(models)]
             stop = self.total if p.early_bird else k
             end = train_members(members, self.task, self.ticket.train, start=0, stop=stop,
                                 hooks=self._hooks(0, 0, members))
@@ -165,7 +171,7 @@ class Lottery:
             m.load_state_dict(self.state.rewind[r])
             self.state.masks[r] = scorers.prune_at_init(
                 m, self.state.masks[r], self._score_ctx(r), scorer=p.scorer, density=d,
-                output=mk.output_param(m), output_density=out_d, scope=p.scope, iterations=p.iterations)
+                output=self.output(m), output_density=out_d, scope=p.scope, iterations=p.iterations)
         self.state.level = 1
 
     def _first_mask(self, model: nn.Module, replicate: int) -> mk.Mask:
@@ -176,9 +182,13 @@ class Lottery:
         return mask
 
     def _score_ctx(self, replicate: int) -> scorers.ScoreContext:
-        return scorers.ScoreContext(batches=self.task.score_batches(), loss=self.task.loss,
-                                    input_shape=self.task.input_shape,
-                                    generator=seeds.scoring(self.ticket.train.seed, replicate, self.state.level))
+        """What the scorer of this replicate and level needs: SNIP/GraSP's examples drawn from its seed."""
+        p, seed, level = self.ticket.prune, self.ticket.train.seed, self.state.level
+        batches = self.task.score_batches(examples=p.score_examples, per_class=p.score_per == "class",
+                                          generator=seeds.scoring_examples(seed, replicate, level)) \
+            if p.scorer in scorers.DATA_SCORERS else []
+        return scorers.ScoreContext(batches=batches, loss=self.task.loss, input_shape=self.task.input_shape,
+                                    generator=seeds.scoring(seed, replicate, level), mode=p.score_mode)
 
     def _train_level(self) -> LevelResult:
         """Build this level's members, train them together from the rewind point, summarise."""
@@ -187,8 +197,17 @@ class Lottery:
         members = self.members(level)
         torch.manual_seed(seeds.level(self.ticket.train.seed, level))  # in-model randomness (dropout in tv: models)
         capture = self.ticket.prune.rewind_iter if (level == 0 and self.ticket.prune.rewind_iter) else None
-        end = train_members(members, self.task, self.ticket.train, start=start, stop=self.total,
-                            capture_at=capture, hooks=self._hooks(level, start, members))
+        if capture is not None and self.ticket.prune.rewind_order == "restart":
+            # open_lth's order: train to k, save it, then level 0 goes on from k with a fresh optimizer
+            # (a new stepper) at the schedule position k, exactly as every later level starts.
+            end = train_members(members, self.task, self.ticket.train, start=start, stop=capture,
+                                capture_at=capture, hooks=self._hooks(level, start, members))
+            if end == capture:
+                end = train_members(members, self.task, self.ticket.train, start=capture, stop=self.total,
+                                    hooks=self._hooks(level, start, members))
+        else:
+            end = train_members(members, self.task, self.ticket.train, start=start, stop=self.total,
+                                capture_at=capture, hooks=self._hooks(level, start, members))
         if level == 0:
             tickets = [m for m in members if m.name == TICKET]
             if capture is not None:  # rewind point k > 0 (or the Early-Bird point if training stopped first)
@@ -204,21 +223,10 @@ class Lottery:
         result = summarise(level, rows, ticket_masks, mk.layer_density(ticket_masks[0]),
                            sorted({n for m in ticket_masks for n in mk.collapsed(m)}),
                            epochs, end - start, time.perf_counter() - t0)
-        twins = [m for m in members if m.name == TWIN]
-        if twins:
-            result.instability = self._instability(members, twins)
+        if any(m.name == TWIN for m in members):
+            result.instability = instability.of_level(self.task, members, self.ticket.prune.instability_alphas)
             result.wall_s = time.perf_counter() - t0
         return result
-
-    def _instability(self, members: list[Member], twins: list[Member]) -> dict[str, Any]:
-        """Each replicate's error barrier between its ticket and its twin; means, and replicate 0's path."""
-        tickets = {m.replicate: m for m in members if m.name == TICKET}
-        barriers = [instability.error_barrier(self.task, tickets[t.replicate].model, t.model,
-                                              self.ticket.prune.instability_alphas) for t in twins]
-        vals, tests = [b.val for b in barriers], [b.test for b in barriers]
-        return {"val": sum(vals) / len(vals), "test": sum(tests) / len(tests), "val_per_replicate": vals,
-                "test_per_replicate": tests, "alpha": barriers[0].alpha, "val_error": barriers[0].val_error,
-                "test_error": barriers[0].test_error}
 
     def _member_result(self, m: Member) -> MemberResult:
         test = self.task.evaluate(m.model, "test")
@@ -249,7 +257,7 @@ class Lottery:
         for r, m in enumerate(self._trained):
             scores = scorers.score(p.scorer, m.model, self.state.masks[r], self._score_ctx(r))
             self.state.masks[r] = level_mask(scores, self.state.masks[r], base[r], nxt, p.rate, p.output_rate,
-                                             p.scope, mk.output_param(m.model))
+                                             p.scope, self.output(m.model))
 
     def _hooks(self, level: int, start: int, members: list[Member]) -> Hooks:
         hooks = Hooks(epoch_end=lambda epoch, it, ms: self._report(level, start, it, ms))
@@ -260,21 +268,14 @@ class Lottery:
 
     def _early_bird_hook(self) -> Callable[[int, list[Member]], bool]:
         p = self.ticket.prune
-        detector = EarlyBird(p.eb_epsilon, p.eb_window)
-        if self.state.early_bird:
-            detector.load_state_dict(self.state.early_bird)
         d = p.target_density if p.method == "init" and p.target_density else 1 - p.rate
-        out_d = schedule.output_density_for(d, p.rate, p.output_rate)
+        search = EarlyBirdSearch(p, d, self.output, self.state.early_bird)
 
         def epoch_start(epoch: int, members: list[Member]) -> bool:
-            first = members[0]
-            scores = scorers.score("magnitude", first.model, first.mask or {}, self._score_ctx(0))
-            mask = mk.prune(scores, first.mask or {}, d, scope=p.scope,
-                            output=mk.output_param(first.model), output_density=out_d)
-            fired = self.state.early_bird_epoch is None and detector.update(mask)
-            if fired:
-                self.state.early_bird_epoch = epoch
-            self.state.early_bird = detector.state_dict()
+            if self.state.early_bird_epoch is None:  # every replicate's ticket must have settled
+                if search.update([(m.model, m.mask or {}) for m in members if m.name == TICKET]):
+                    self.state.early_bird_epoch = epoch
+                self.state.early_bird = search.state_dict()
             return bool(p.early_bird and self.state.early_bird_epoch is not None)
 
         return epoch_start

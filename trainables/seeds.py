@@ -27,7 +27,8 @@ DERIVED = 2**62  # derived seeds lie in [0, 2**62)
 
 # salts of the derived streams (the last element of the hashed tuple, or the first for controls)
 TRANSFER = 17  # a transferred mask's layers whose shape changed get random masks from here
-SCORING = 29  # the `random` scorer and SNIP/GraSP's examples, per replicate and level
+SCORING = 29  # the `random` scorer, per replicate and level
+SCORING_EXAMPLES = 37  # SNIP/GraSP's scoring examples, per replicate and level (apart from `random`'s draws)
 LEVEL = 31  # any in-model randomness of a level (dropout in tv: models)
 CONTROL = 104_729  # control masks and the reinit control's initialisation, apart from the tickets'
 TWIN = 37  # the instability twin's data order (and augmentation), per replicate
@@ -66,6 +67,11 @@ def transfer(seed: int, replicate: int) -> torch.Generator:
 def scoring(seed: int, replicate: int, level: int) -> torch.Generator:
     """The scorers' generator of one replicate at one level."""
     return generator(derive(seed, replicate, level, SCORING))
+
+
+def scoring_examples(seed: int, replicate: int, level: int) -> torch.Generator:
+    """The draw of SNIP/GraSP's scoring examples of one replicate at one level (`prune.score_examples`)."""
+    return generator(derive(seed, replicate, level, SCORING_EXAMPLES))
 
 
 def level(seed: int, level: int) -> int:

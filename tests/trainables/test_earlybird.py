@@ -70,3 +70,21 @@ def test_rejects_bad_settings():
         EarlyBird(0.1, 1)
     with pytest.raises(ConfigError, match=r"prune.eb_epsilon: 1.5 is outside \[0, 1\]"):
         EarlyBird(1.5, 3)
+
+
+def test_the_newest_mask_is_compared_with_each_older_one_not_only_its_neighbour():
+    """Three masks drifting by 0.08 per step: neighbours are 0.08 apart, the newest and the oldest 0.16.
+    With epsilon 0.1 the detector must not fire (comparing neighbours only would)."""
+    a = torch.zeros(100, dtype=torch.bool)
+    a[:50] = True
+    b, c = a.clone(), a.clone()
+    b[46:50], b[50:54] = False, True  # 4 kept entries moved: 8 of 100 differ from a
+    c[42:50], c[50:58] = False, True
+    drift = [{"w": a}, {"w": b}, {"w": c}]
+    assert masks.hamming(drift[1], drift[0]) == masks.hamming(drift[2], drift[1]) == 0.08
+    assert masks.hamming(drift[2], drift[0]) == 0.16
+    eb = EarlyBird(epsilon=0.1, window=3)
+    assert [eb.update(m) for m in drift] == [False, False, False]
+    assert eb.distances == [0.16, 0.08]  # newest against the oldest, then against the previous one
+    eb = EarlyBird(epsilon=0.16, window=3)
+    assert [eb.update(m) for m in drift] == [False, False, True]

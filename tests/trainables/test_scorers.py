@@ -129,19 +129,35 @@ def test_scoring_leaves_the_callers_model_alone():
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), name
 
 
-def test_prune_at_init_follows_the_schedule_and_copies_the_model():
+def test_prune_at_init_follows_the_schedule_and_copies_the_model(monkeypatch):
+    """The counts after every intermediate round pin density_k = d^(k/n): straight to d in round 1 (no
+    schedule), or a linear schedule, fails. The target counts all weights, the output layer included."""
     model, data = tiny(torch.float32), batches(1, 4, 3, dtype=torch.float32)
     before = copy.deepcopy(model.state_dict())
     out = masks.output_param(model)
+    seen: list[tuple[int, int]] = []  # (kept in 0.weight, kept in the output layer) as each round scores
+
+    def recording(model, mask, ctx):
+        seen.append((int(mask["0.weight"].sum()), int(mask[out].sum())))
+        return scorers.snip(model, mask, ctx)
+
+    monkeypatch.setitem(scorers.SCORERS, "recording", recording)
     common = dict(output=out, output_density=0.6, scope="global")
-    mask = scorers.prune_at_init(model, masks.ones(model), context(data), scorer="snip", density=0.3,
-                                 iterations=5, **common)
-    assert int(mask[out].sum()) == round(0.6 * 15) and int(mask["0.weight"].sum()) == round(0.3 * 20)
+    n, d = 5, 0.3
+    mask = scorers.prune_at_init(model, masks.ones(model), context(data), scorer="recording", density=d,
+                                 iterations=n, **common)
+    seen.append((int(mask["0.weight"].sum()), int(mask[out].sum())))
+    expected = [(20, 15)]
+    for k in range(1, n + 1):  # 20 weights in 0.weight, 15 in the output layer
+        out_k = 0.6 ** (k / n)
+        expected.append((round((d ** (k / n) * 35 - out_k * 15) / 20 * 20), round(out_k * 15)))
+    assert seen == expected  # [(20, 15), (14, 14), (9, 12), (6, 11), (3, 10), (2, 9)]
+    assert masks.density(mask) == pytest.approx(d, abs=1 / 35)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     one_shot = scorers.prune_at_init(model, masks.ones(model), context(), scorer="magnitude", density=0.3,
                                      iterations=1, **common)
-    direct = masks.prune({n: p.abs() for n, p in masks.prunable(model).items()}, masks.ones(model), 0.3,
-                         **common)
+    direct = masks.prune({n: p.abs() for n, p in masks.prunable(model).items()}, masks.ones(model),
+                         (0.3 * 35 - 0.6 * 15) / 20, **common)
     assert all(torch.equal(one_shot[n], direct[n]) for n in mask)
 
 

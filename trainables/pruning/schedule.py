@@ -42,6 +42,22 @@ def output_density_for(density: float, rate: float, output_rate: float) -> float
     return (1 - rate * output_rate) ** levels
 
 
+def pool_density(density: float, output_density: float, output_share: float) -> float:
+    """The density of the layers other than the output layer that makes the density of all prunable weights
+    `density` when the output layer, holding `output_share` of them, keeps `output_density` (pruning at
+    init and Early-Bird: `prune.target_density` means all prunable weights, output layer included)."""
+    if output_share <= 0:
+        return density
+    if output_share >= 1:
+        return 1.0
+    pool = (density - output_share * output_density) / (1 - output_share)
+    if pool < 0:
+        raise ConfigError(f"prune.target_density: {density:g} is below what the output layer keeps alone "
+                          f"({output_share * output_density:.3g} of all weights at its own rate); raise it or "
+                          f"prune.output_rate, or set prune.output_pool=pooled")
+    return min(pool, 1.0)
+
+
 def density_after(level: int, rate: float, output_rate: float = 0.0, *, pool: float = 1.0,
                   output: float = 0.0) -> float:
     """Density of all prunable weights after `level` levels. `pool` and `output` are the fractions of all

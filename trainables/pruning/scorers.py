@@ -9,8 +9,11 @@ a mask. A scorer is one function here plus one line in `SCORERS` (its name regis
   is |dL/dc| for a multiplicative mask c at 1.
 - grasp: S = -w * (H g) with logits divided by a temperature of 200 (Wang et al. 2020). GraSP removes
   the weights with the *highest* S, so the keep-score returned here is -S = w * (H g).
-- synflow: on a float64 copy in eval mode with every parameter replaced by its absolute value, feed an
-  input of ones, R = sum of outputs, score |w * dR/dw| (Tanaka et al. 2020). Data-free.
+- synflow: on a float64 copy in the scoring mode (eval by default) with every parameter replaced by its
+  absolute value, feed an input of ones, R = sum of outputs, score |w * dR/dw| (Tanaka et al. 2020). Data-free.
+
+SNIP, GraSP and SynFlow score a copy in `ScoreContext.mode` (`prune.score_mode`): eval by default, as the
+references do (BatchNorm running statistics), whatever mode the caller's model is in.
 
 Scorers never change the caller's model: whatever they modify is a deep copy, so weights, gradients,
 buffers and train/eval mode are as before. `prune_at_init` iterates with density_k = d**(k/n).
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 
 from trainables import config
-from trainables.pruning import masks
+from trainables.pruning import masks, schedule
 from trainables.pruning.masks import Mask
 from trainables.tasks.base import Batch
 from trainables.typed import ConfigError, lookup
@@ -42,6 +45,9 @@ class ScoreContext:
     loss: Callable[[nn.Module, Batch], torch.Tensor]  # model, batch -> scalar loss
     input_shape: tuple[int, ...]  # one example's shape, for SynFlow's input of ones
     generator: torch.Generator  # for `random`
+    # BatchNorm while scoring: "eval" = running statistics (Synaptic-Flow's prune_loop default for every
+    # scorer, and at initialisation the identity), "train" = each scoring batch's own statistics.
+    mode: str = "eval"
 
 
 Scorer = Callable[[nn.Module, Mask, ScoreContext], dict[str, torch.Tensor]]
@@ -51,9 +57,10 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _masked_copy(model: nn.Module, mask: Mask) -> tuple[nn.Module, list[torch.Tensor]]:
-    """A deep copy with the mask applied, and its parameters in mask order, all requiring grad."""
-    clone = copy.deepcopy(model)
+def _masked_copy(model: nn.Module, mask: Mask, ctx: ScoreContext) -> tuple[nn.Module, list[torch.Tensor]]:
+    """A deep copy in the scoring mode with the mask applied, and its parameters in mask order, all
+    requiring grad."""
+    clone = copy.deepcopy(model).train(ctx.mode == "train")
     masks.apply_(clone, mask)
     params = dict(clone.named_parameters())
     chosen = [params[n].requires_grad_(True) for n in mask]
@@ -75,7 +82,7 @@ def random(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.T
 
 
 def snip(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.Tensor]:
-    clone, params = _masked_copy(model, mask)
+    clone, params = _masked_copy(model, mask, ctx)
     loss = ctx.loss(clone, _on(ctx.batches[0], _device(model)))
     grads = torch.autograd.grad(loss, params)
     return {n: (g * p).detach().abs() for n, p, g in zip(mask, params, grads, strict=True)}
@@ -93,7 +100,7 @@ class _Tempered(nn.Module):
 
 
 def grasp(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.Tensor]:
-    clone, params = _masked_copy(model, mask)
+    clone, params = _masked_copy(model, mask, ctx)
     tempered, device = _Tempered(clone, GRASP_TEMPERATURE), _device(model)
     batches = [_on(b, device) for b in ctx.batches]
     # g: gradient of the summed loss over all batches, held fixed (stopped) for the second pass.
@@ -113,7 +120,7 @@ def grasp(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.Te
 
 
 def synflow(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.Tensor]:
-    clone = copy.deepcopy(model).double().eval()
+    clone = copy.deepcopy(model).double().train(ctx.mode == "train")
     with torch.no_grad():
         # Absolute values of all floating state, buffers too (BatchNorm running statistics), so that
         # every path through the network carries positive flow.
@@ -132,6 +139,7 @@ def synflow(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.
 SCORERS: dict[str, Scorer] = {"magnitude": magnitude, "random": random, "snip": snip, "grasp": grasp,
                               "synflow": synflow}
 config.register_names("prune.scorer", SCORERS)
+DATA_SCORERS = frozenset({"snip", "grasp"})  # the scorers that read ScoreContext.batches
 
 
 def get(name: str) -> Scorer:
@@ -146,7 +154,9 @@ def score(name: str, model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[st
 def prune_at_init(model: nn.Module, mask: Mask, ctx: ScoreContext, *, scorer: str, density: float,
                   output: str | None, output_density: float | None, scope: str,
                   iterations: int) -> Mask:
-    """Prune to `density` in `iterations` rounds of scoring, density_k = density**(k/n), k = 1..n.
+    """Prune to `density` of all entries of `mask` in `iterations` rounds of scoring, density_k =
+    density**(k/n), k = 1..n. A named `output` layer ranks alone and reaches `output_density` (None: the
+    same as `density`) by the same schedule; the other layers keep what makes the whole `density_k`.
 
     Each round scores the network with the current mask applied, so that iterative SynFlow sees the
     flow of the pruned network and avoids layer collapse. The caller's model is not changed.
@@ -156,10 +166,13 @@ def prune_at_init(model: nn.Module, mask: Mask, ctx: ScoreContext, *, scorer: st
     get(scorer)  # fail on a bad name before copying the model
     work = copy.deepcopy(model)
     final_output = density if output_density is None else output_density
+    total = sum(m.numel() for m in mask.values())
+    share = mask[output].numel() / total if output is not None and output in mask and total else 0.0
     current = {n: m.clone() for n, m in mask.items()}
     for k in range(1, iterations + 1):
         masks.apply_(work, current)
         scores = score(scorer, work, current, ctx)
-        current = masks.prune(scores, current, density ** (k / iterations), scope=scope, output=output,
-                              output_density=final_output ** (k / iterations))
+        out_k = final_output ** (k / iterations)
+        pool_k = schedule.pool_density(density ** (k / iterations), out_k, share)
+        current = masks.prune(scores, current, pool_k, scope=scope, output=output, output_density=out_k)
     return current

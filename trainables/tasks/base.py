@@ -53,7 +53,10 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
 
-    def score_batches(self) -> list[Batch]: ...
+    def score_batches(self, *, examples: int = 10, per_class: bool = True,
+                      generator: torch.Generator | None = None) -> list[Batch]:
+        """Data for SNIP and GraSP: `examples` per class (or in all) drawn with `generator` where the task
+        draws examples (classification); other tasks have fixed scoring data and may ignore them."""
 
 
 def _no_check(ticket: Ticket) -> None:

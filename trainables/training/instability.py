@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from trainables.tasks.base import Task
+from trainables.training.members import TICKET, TWIN, Member
+from trainables.typed import ConfigError
 
 BN_BATCHES = 20  # training batches that re-estimate BatchNorm statistics at each point of the path
 
@@ -90,3 +93,24 @@ def error_barrier(task: Task, a: nn.Module, b: nn.Module, alphas: int = 11,
         val.append(-task.evaluate(point, "val")["score"])
         test.append(-task.evaluate(point, "test")["score"])
     return Barrier(val=height(val), test=height(test), alpha=grid, val_error=val, test_error=test)
+
+
+def twin_task(task: Task, data_name: str, seed: int) -> Task:
+    """The task a twin trains on: `task` reordered by `seed`; ConfigError for a task with one data order."""
+    reordered = getattr(task, "reordered", None)
+    if reordered is None:
+        raise ConfigError(f"prune.instability: the {data_name} task has no other data order to train a second "
+                          "copy with (classification and language models have)")
+    twin: Task = reordered(seed)
+    return twin
+
+
+def of_level(task: Task, members: list[Member], alphas: int) -> dict[str, Any]:
+    """Each replicate's barrier between its ticket and its twin: means over replicates, each replicate's, and
+    replicate 0's path (what results.json and `LevelResult.instability` hold)."""
+    tickets = {m.replicate: m for m in members if m.name == TICKET}
+    barriers = [error_barrier(task, tickets[t.replicate].model, t.model, alphas) for t in members if t.name == TWIN]
+    vals, tests = [b.val for b in barriers], [b.test for b in barriers]
+    return {"val": sum(vals) / len(vals), "test": sum(tests) / len(tests), "val_per_replicate": vals,
+            "test_per_replicate": tests, "alpha": barriers[0].alpha, "val_error": barriers[0].val_error,
+            "test_error": barriers[0].test_error}

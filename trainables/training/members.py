@@ -33,6 +33,7 @@ class Member:
     model: nn.Module
     mask: Mask | None = None
     task: Task | None = None  # its own data order (the instability twin): the level's task reordered
+    bn_l1: float = 0.0  # L1 penalty on BatchNorm scaling factors (the Early-Bird channel search), per unit
     # filled in by training:
     history: list[dict[str, float]] = field(default_factory=list)
     snapshot: dict[str, torch.Tensor] | None = None  # weights captured at the loop's `capture_at`

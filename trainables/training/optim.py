@@ -54,8 +54,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def lr_at(it: int, total: int, cfg: TrainConfig) -> float:
-    """Learning rate at global iteration `it` of `total` (the schedule, then linear warm-up)."""
+    """Learning rate at global iteration `it` of `total` (the schedule, then linear warm-up).
+
+    Warm-up is open_lth's `it / w`: the first step (it = 0) runs at rate 0, so it moves no weight but does
+    enter the optimizer's state (SGD's momentum buffer, Adam's moments and step count); full rate from it = w.
+    """
     lr = cfg.lr * lookup(SCHEDULES, "train.lr_schedule", cfg.lr_schedule)(it, total)
     if cfg.warmup_iters and it < cfg.warmup_iters:
-        lr *= (it + 1) / cfg.warmup_iters
+        lr *= it / cfg.warmup_iters
     return lr

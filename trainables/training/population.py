@@ -44,9 +44,11 @@ from torch import nn
 from torch.func import functional_call
 
 from trainables.config import TrainConfig
+from trainables.pruning.earlybird import bn_scales
 from trainables.tasks.base import Batch, Task
 from trainables.training.members import Member
 from trainables.training.optim import make_optimizer
+from trainables.training.steppers import add_l1
 from trainables.typed import ConfigError
 
 ENV = "TICKET_SEARCH_POPULATION"
@@ -169,6 +171,11 @@ class Population:
         self._losses = torch.vmap(lambda p, b, batch: functional_call(wrapper, (p, b), (batch,)),
                                   in_dims=(0, 0, None if self._own is None else 0))
         self._probe(self._batch(start))
+        l1 = {m.bn_l1 for m in members}
+        if len(l1) > 1:
+            raise Unsupported("members differ in their BatchNorm L1 penalty")
+        self.bn_l1 = l1.pop()
+        self.scales = [self.params[n] for n in bn_scales(first)] if self.bn_l1 else []
         self.opt = make_optimizer(nn.ParameterList(self.params.values()), cfg)  # fresh state every level
         self.masked, self.masks = self._stack_masks()
         if self.masked:  # as the one-by-one stepper: start from exactly zero pruned weights
@@ -255,6 +262,7 @@ class Population:
         with self._precision():
             losses = self._losses(*self._prefixed(self.buffers), batch)  # (M,): each member's mean loss
         losses.sum().backward()  # d(sum)/d(member i's weights) = d(loss_i)/d(its weights)
+        add_l1(self.scales, self.bn_l1)  # elementwise: each member's own penalty
         if self.masked:
             grads = [p.grad for p in self.masked]
             if all(g is not None for g in grads):

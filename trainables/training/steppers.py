@@ -2,19 +2,23 @@
 
 A stepper owns the optimizers (fresh every level) and keeps masks exact: each pruned weight's gradient is
 masked before the optimizer step and the weight zeroed after it, so momentum or Adam state can never
-regrow it; the mask is not re-multiplied on the forward pass. `OneByOne` steps each member in turn;
+regrow it; the mask is not re-multiplied on the forward pass. A member's `bn_l1` adds bn_l1 * sign(gamma)
+to the gradient of every BatchNorm scaling factor (network slimming's subgradient, Early-Bird's search).
+`OneByOne` steps each member in turn;
 `population.Population` steps them all in one batched pass. `sync` makes the members' own models current
 (the batched stepper trains stacked copies) before anything reads them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 
 from trainables.config import TrainConfig
 from trainables.pruning import masks as mk
+from trainables.pruning.earlybird import bn_scales
 from trainables.tasks.base import Task
 from trainables.training.members import Member
 from trainables.training.optim import make_optimizer
@@ -53,6 +57,8 @@ class _MemberStep:
     def __init__(self, member: Member, cfg: TrainConfig) -> None:
         self.model = member.model
         self.task = member.task  # its own data order, else the level's
+        self.bn_l1 = member.bn_l1
+        self.scales = list(bn_scales(member.model).values()) if member.bn_l1 else []
         self.opt = make_optimizer(member.model, cfg)  # fresh optimizer state every level
         params = dict(member.model.named_parameters())
         mask = member.mask or {}
@@ -66,6 +72,7 @@ class _MemberStep:
         self.opt.zero_grad(set_to_none=True)
         loss = (self.task or task).step_loss(self.model, it)
         loss.backward()
+        add_l1(self.scales, self.bn_l1)
         if self.params:
             grads = [p.grad for p in self.params if p.grad is not None]
             if len(grads) == len(self.params):
@@ -75,3 +82,11 @@ class _MemberStep:
                 torch._foreach_mul_(self.params, self.masks)  # type: ignore[arg-type]
         else:
             self.opt.step()
+
+
+@torch.no_grad()
+def add_l1(params: Sequence[torch.Tensor], coef: float) -> None:
+    """Add the subgradient of coef * sum|p| to each parameter's gradient."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.add_(torch.sign(p), alpha=coef)

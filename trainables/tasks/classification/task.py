@@ -18,7 +18,7 @@ from trainables.tasks.base import Batch
 from trainables.tasks.classification.data import Dataset, Split, augment_batch
 
 EVAL_CHUNK = 4096  # examples per evaluation forward pass: bounds memory, keeps passes few
-SCORE_EXAMPLES = 10  # per class: GraSP's (and SNIP's) scoring batch, as in the reference implementations
+SCORE_EXAMPLES = 10  # per class: GraSP's scoring batch (prune.score_examples' default)
 
 
 class Classification:
@@ -95,9 +95,21 @@ class Classification:
         acc = correct / len(part)
         return {"loss": total_loss / len(part), "acc": acc, "score": acc}
 
-    def score_batches(self) -> list[Batch]:
-        """Data for SNIP (first batch) and GraSP: 10 training examples per class, fixed order."""
+    def score_batches(self, *, examples: int = SCORE_EXAMPLES, per_class: bool = True,
+                      generator: torch.Generator | None = None) -> list[Batch]:
+        """Data for SNIP (first batch) and GraSP: `examples` training examples per class (or in all),
+        drawn at random with `generator` (the replicate's scoring stream), or the first ones without it."""
         y = self.data.train.y
-        picks = [torch.nonzero(y == c).flatten()[:SCORE_EXAMPLES] for c in range(self.data.num_classes)]
-        idx = torch.cat(picks)
+        if per_class:
+            pools = [torch.nonzero(y == c).flatten() for c in range(self.data.num_classes)]
+            idx = torch.cat([p[_draw(len(p), examples, generator, p.device)] for p in pools])
+        else:
+            idx = _draw(len(y), examples, generator, y.device)
         return [(self.data.train.x[idx], y[idx])]
+
+
+def _draw(n: int, count: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """`min(count, n)` indices below n: the first ones, or a random choice in random order."""
+    if generator is None:
+        return torch.arange(min(count, n), device=device)
+    return torch.randperm(n, generator=generator)[:count].to(device)

@@ -121,6 +121,8 @@ class LanguageModelling:
         total = float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
         return total, int((logits.argmax(-1) == y).sum())
 
-    def score_batches(self) -> list[Batch]:
-        """One fixed batch of training windows for SNIP and GraSP (never an iteration's own batch)."""
+    def score_batches(self, *, examples: int = 10, per_class: bool = True,
+                      generator: torch.Generator | None = None) -> list[Batch]:
+        """One fixed batch of training windows for SNIP and GraSP (never an iteration's own batch); the
+        amount and draw settings are the classification task's."""
         return [self._windows(self._starts(SCORE_SEED, SCORE_WINDOWS))]

@@ -185,6 +185,8 @@ class PolicyTask:
         model.train(was_training)
         return out
 
-    def score_batches(self) -> list[Batch]:
+    def score_batches(self, *, examples: int = 10, per_class: bool = True,
+                      generator: torch.Generator | None = None) -> list[Batch]:
+        """One fixed scoring rollout (its own seeds); the amount and draw settings are classification's."""
         return [self.batch(SCORE_ITER)]
 
