@@ -6,10 +6,9 @@
 ones and validates ranges. The same keys are Ray's param_space constants, Optuna's parameter names, MLflow
 params and `--set`.
 
-Valid names (datasets, models, scorers, controls, optimizers, ...) are not listed here: each registry
-registers its own with `register_names`, and each task family its own checks with `register_check`
-(importing `trainables` loads every registry first). `data.name` also picks the task family
-(trainables/tasks/registry.py). `ConfigError` is trainables.typed's, the error of every user mistake.
+Valid names (datasets, models, ...) are not listed here: each registry registers its own with `register_names`,
+each task family its checks with `register_check`; every registry loads on the first need for them (LOADERS).
+`ConfigError` is trainables.typed's, the error of every user mistake.
 
 Example:
     >>> t = Ticket.from_flat({"prune.rate": "0.5", "model.name": "mlp"})
@@ -27,11 +26,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainables.typed import ConfigError, choice, coerce, did_you_mean, in_range, optional_of
+from trainables.typed import ConfigError, choice, coerce, did_you_mean, from_nested, in_range, optional_of
 
 __all__ = ["DEFAULTS", "KEYS", "LEVELS_WITHOUT_TARGET", "MAX_LEVELS", "METHODS", "SCOPES", "SECTIONS", "TYPES",
            "ConfigError", "DataConfig", "ModelConfig", "PruneConfig", "RLConfig", "Ticket", "TrainConfig",
-           "choices", "from_nested", "help_text", "key_type", "register_check", "register_names", "validate"]
+           "LOADERS", "choices", "from_nested", "help_text", "key_type", "register_check", "register_names", "validate"]
 
 METHODS = ("imp", "init")  # the lottery's two searches (trainables/lottery.py)
 SCOPES = ("global", "layer")  # where pruning ranks weights (trainables/pruning/masks.py)
@@ -207,6 +206,13 @@ class _Names:
 
 _NAMES: dict[str, list[_Names]] = {}
 _CHECKS: list[Callable[[Ticket], None]] = []
+LOADERS: list[Callable[[], object]] = []  # trainables/__init__.py's: import every registry, once, on first need
+
+
+def _registries() -> dict[str, list[_Names]]:
+    while LOADERS:  # popped first: a registry asking for choices while it loads does not recurse
+        LOADERS.pop()()  # torch loads here, not when the config is imported
+    return _NAMES
 
 
 def register_names(key: str, names: Iterable[str], *, prefix: str = "", shown: str = "") -> None:
@@ -226,7 +232,7 @@ def register_check(check: Callable[[Ticket], None]) -> None:
 
 def choices(key: str) -> tuple[str, ...]:
     """The valid values of `key` as error messages list them (names, then patterns such as gym:<EnvId>)."""
-    groups = _NAMES.get(key, [])
+    groups = _registries().get(key, [])
     return (*(n for g in groups for n in g.names), *(g.shown for g in groups if g.shown))
 
 
@@ -248,7 +254,7 @@ def validate(t: Ticket) -> None:
     """Check names and ranges; raise ConfigError with one line naming the field."""
     flat = t.flat()
     for key in KEYS:  # every registered name, in key order
-        if key in _NAMES:
+        if key in _registries():
             for value in flat[key] if isinstance(flat[key], tuple) else (flat[key],):
                 if not _accepts(key, value):
                     choice(key, value, choices(key))
@@ -286,14 +292,3 @@ def _validate_prune(p: PruneConfig) -> None:
     in_range("prune.eb_epsilon", p.eb_epsilon, 0.0, 1.0)
     in_range("prune.eb_window", p.eb_window, 2, 1000)
 
-
-def from_nested(doc: typing.Mapping[str, Any]) -> dict[str, Any]:
-    """TOML-style nesting (`[prune] rate = 0.2`) or dotted keys -> flat dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            for sub, v in from_nested(value).items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            flat[key] = value
-    return flat

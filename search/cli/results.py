@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from search.cli.console import console as make_console
-from trainables.tasks.registry import score_meaning
 
 if TYPE_CHECKING:
     from search.results.compare import MaskComparison
     from search.results.query import TicketRecord
 
-# MLflow and matplotlib are imported inside each verb: `add_parsers` runs on every CLI start, and
+# MLflow, matplotlib and torch are imported inside each verb: `add_parsers` runs on every CLI start, and
 # `ticket-search run` should not pay seconds for them.
 
 
@@ -40,6 +39,8 @@ def _pct(x: float | None, digits: int = 2) -> str:
 
 def _score(r: TicketRecord, value: float) -> str:
     """A score as its task means it: accuracy in percent, else the number (-perplexity, mean return)."""
+    from trainables.tasks.registry import score_meaning
+
     if score_meaning(r.flat.get("data.name", "")) == "accuracy":
         return _pct(value, 1)
     return "-" if math.isnan(value) else f"{value:.2f}"
