@@ -28,15 +28,17 @@ from typing import Any
 
 from trainables.typed import ConfigError, choice, coerce, did_you_mean, from_nested, in_range, optional_of
 
-__all__ = ["DEFAULTS", "KEYS", "LEVELS_WITHOUT_TARGET", "MAX_LEVELS", "METHODS", "SCOPES", "SECTIONS", "TYPES",
-           "ConfigError", "DataConfig", "ModelConfig", "PruneConfig", "RLConfig", "Ticket", "TrainConfig",
-           "LOADERS", "choices", "from_nested", "help_text", "key_type", "register_check", "register_names", "validate"]
+__all__ = ["DEFAULTS", "KEYS", "LEVELS_WITHOUT_TARGET", "LOADERS", "MAX_LEVELS", "METHODS", "SCOPES", "SECTIONS",
+           "TICKET", "TYPES", "ConfigError", "DataConfig", "ModelConfig", "PruneConfig", "RLConfig", "Ticket",
+           "TrainConfig", "choices", "from_nested", "help_text", "key_type", "register_check", "register_names",
+           "validate"]
 
 METHODS = ("imp", "init")  # the lottery's two searches (trainables/lottery.py)
 SCOPES = ("global", "layer")  # where pruning ranks weights (trainables/pruning/masks.py)
 MAX_LEVELS = 1000  # the most IMP levels a search may ask for
 LEVELS_WITHOUT_TARGET = 5  # prune.levels unset and no prune.target_density: the classic five levels
 CHOICES = "{choices}"  # in a help text: the key's valid names, as the registries list them
+TICKET = "ticket"  # the member that is the ticket itself (replicate seeds too); a control is named after itself
 
 
 def _help(text: str, **kw: Any) -> Any:

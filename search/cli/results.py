@@ -7,7 +7,7 @@ stdout unwrapped, so it pipes.
 
 Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
 `sqlite:///<cwd>/runs/mlflow.db`):
-    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json
+    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json, register (optional)
     export:  tracking_uri, run_id, out
     compare: tracking_uri, run_a, run_b, json
     plot:    tracking_uri, sweep, out
@@ -39,9 +39,12 @@ def _pct(x: float | None, digits: int = 2) -> str:
 
 def _score(r: TicketRecord, value: float) -> str:
     """A score as its task means it: accuracy in percent, else the number (-perplexity, mean return)."""
-    from trainables.tasks.registry import score_meaning
+    meaning = r.score_meaning
+    if not meaning:  # a run written before the writers tagged it: the task registry knows (imports torch)
+        from trainables.tasks.registry import score_meaning
 
-    if score_meaning(r.flat.get("data.name", "")) == "accuracy":
+        meaning = score_meaning(r.flat.get("data.name", ""))
+    if meaning == "accuracy":
         return _pct(value, 1)
     return "-" if math.isnan(value) else f"{value:.2f}"
 
@@ -79,6 +82,12 @@ def best_command(args: argparse.Namespace) -> int:
 
     records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
                            dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top)
+    if getattr(args, "register", None) and records:
+        from search.results.register import register_best
+
+        reg = register_best(args.tracking_uri, records[0], args.register)
+        make_console(stderr=True).print(f"registered ticket {records[0].run_id} as {reg.name} version "
+                                        f"{reg.version} (models:/{reg.name}@{reg.alias})")
     if args.json:
         _print_json([r.to_json() for r in records])
         return 0
@@ -157,6 +166,8 @@ def add_parsers(sub: Any) -> None:
     best.add_argument("--model", help="only tickets of this model")
     best.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
     best.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    best.add_argument("--register", metavar="NAME", help="register the best ticket as a new version of the "
+                                                         "MLflow model NAME, with the alias 'best'")
     _tracking(best)
     best.set_defaults(handler=best_command)
     export = sub.add_parser("export", help="write a ticket run's mask, rewind weights and config to a folder")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from search.results import fetch
 from search.sweep import objectives
 from search.sweep.storage import DEFAULT_ROOT, MLFLOW_DB
 from search.tracking import schema as S
@@ -52,6 +53,7 @@ class TicketRecord:
     test_acc: float
     collapsed: bool
     test_score: float = math.nan  # the task's test score (accuracy, -perplexity, mean return): shown, never ranked
+    score_meaning: str = ""  # what the scores measure, as the writer tagged it ("" on runs from before the tag)
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
 
@@ -132,20 +134,25 @@ def parent_run(client: MlflowClient, exp_id: str) -> Run | None:
     return runs[0] if runs else None
 
 
+def _parent_param(parent: Run | None, name: str) -> str | None:
+    return parent.data.params.get(name) if parent else None
+
+
+def _target(raw: str | None) -> float | None:
+    try:
+        return float(raw or "None") + 1e-9  # a hair above: the ticket at the target counts
+    except ValueError:
+        return None
+
+
 def objective(client: MlflowClient, exp_id: str) -> str:
     """The sweep's objective as its parent run recorded it (the default objective when unrecorded)."""
-    parent = parent_run(client, exp_id)
-    return parent.data.params.get(S.PARAM_OBJECTIVE, objectives.DEFAULT) if parent else objectives.DEFAULT
+    return _parent_param(parent_run(client, exp_id), S.PARAM_OBJECTIVE) or objectives.DEFAULT
 
 
 def target_density(client: MlflowClient, exp_id: str) -> float | None:
     """The density an `accuracy_at_density` sweep aims at, as its parent run recorded it (a hair above)."""
-    parent = parent_run(client, exp_id)
-    raw = parent.data.params.get(S.PARAM_TARGET, "None") if parent else "None"
-    try:
-        return float(raw) + 1e-9
-    except ValueError:
-        return None
+    return _target(_parent_param(parent_run(client, exp_id), S.PARAM_TARGET))
 
 
 def sweep_objective(tracking_uri: str | None, sweep: str) -> str:
@@ -186,26 +193,7 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         sparsity=m.get("sparsity", 1.0 - density), val_score=m.get("val_score", math.nan),
         val_acc=m.get("val_acc", math.nan), test_acc=m.get("test_acc", math.nan),
         collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}),
-        test_score=m.get("test_score", m.get("test_acc", math.nan)))
-
-
-def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run],
-                     filters: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """ticket run id -> {control: margin}, from one query for every control run of these experiments."""
-    if not any(r.data.params.get("prune.controls") for r in tickets):
-        return {}
-    controls = store.search_all(client, exp_ids, ticket_filter(**{**filters, "max_density": None}, controls=True),
-                                order_by=["attributes.start_time ASC"])
-    by_key: dict[tuple[str, str], dict[str, float]] = {}
-    for c in controls:  # later duplicates (a restarted trial) win
-        key = (c.data.tags.get(S.PARENT_TAG, ""), c.data.tags.get(S.TAG_LEVEL, ""))
-        by_key.setdefault(key, {})[c.data.tags[S.TAG_MEMBER]] = c.data.metrics.get("val_score", math.nan)
-    out = {}
-    for t in tickets:
-        found = by_key.get((t.data.tags.get(S.PARENT_TAG, ""), t.data.tags.get(S.TAG_LEVEL, "")), {})
-        score = t.data.metrics.get("val_score", math.nan)
-        out[t.info.run_id] = {name: score - v for name, v in sorted(found.items())}
-    return out
+        test_score=m.get("test_score", m.get("test_acc", math.nan)), score_meaning=tags.get(S.TAG_SCORE, ""))
 
 
 def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
@@ -213,11 +201,11 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
                  model: str | None = None, top: int | None = 10) -> list[TicketRecord]:
     """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
-    One `search_runs` query selects the tickets (filters and ranking done by MLflow); a second one
-    fetches the control runs when any ticket has controls. `sweep=None` searches every experiment and
-    ranks by val_score; with a sweep and no `max_density`, an objective that targets a density filters by
-    the sweep's own. `top` caps a ranked list; a ranking that needs every ticket (a Pareto front) comes
-    whole (cutting it would hide one end of the trade-off).
+    One `search_runs` query selects the tickets (filters and ranking done by MLflow; a front is walked by
+    narrowing queries, search/results/fetch.py); the controls are fetched for the shown tickets only.
+    `sweep=None` searches every experiment and ranks by val_score; with a sweep and no `max_density`, an
+    objective that targets a density filters by the sweep's own. `top` caps a ranked list; a ranking that
+    needs every ticket (a Pareto front) comes whole (cutting it would hide one end of the trade-off).
     """
     if top is not None and top < 1:
         raise ConfigError(f"--top: need a positive count, got {top}")
@@ -226,17 +214,23 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     ranking = objectives.get(objectives.DEFAULT)  # across sweeps: by val_score
     if sweep is not None:
         exp_ids = [experiment_id(client, sweep)]
-        ranking = objectives.get(objective(client, exp_ids[0]))
+        parent = parent_run(client, exp_ids[0])  # read once: it holds the objective and the target
+        ranking = objectives.get(_parent_param(parent, S.PARAM_OBJECTIVE) or objectives.DEFAULT)
         if max_density is None and ranking.targets_density:  # a sweep's best tickets are those at its target
-            filters["max_density"] = target_density(client, exp_ids[0])
+            filters["max_density"] = _target(_parent_param(parent, S.PARAM_TARGET))
     else:
         exp_ids = [str(e.experiment_id) for e in store.experiments(client)]
     if not exp_ids:
         return []
-    runs = store.search_all(client, exp_ids, ticket_filter(**filters), order_by=["metrics.val_score DESC"],
-                            limit=None if ranking.whole else top)
-    margins = _control_margins(client, exp_ids, runs, filters)
-    return ranking.rank([to_record(r, margins.get(r.info.run_id)) for r in runs])
+    if ranking.whole:  # a front: only its candidates are read, never the dominated bulk
+        runs = fetch.front_candidates(client, exp_ids, ticket_filter(**filters))
+    else:
+        runs = store.search_all(client, exp_ids, ticket_filter(**filters), order_by=["metrics.val_score DESC"],
+                                limit=top)
+    ranked = ranking.rank([to_record(r) for r in runs])
+    shown = {r.run_id for r in ranked}
+    margins = fetch.control_margins(client, [r for r in runs if r.info.run_id in shown])  # the shown ones only
+    return [replace(r, controls=margins.get(r.run_id, {})) for r in ranked]
 
 
 def sweep_tickets(tracking_uri: str | None, sweep: str) -> list[TicketRecord]:

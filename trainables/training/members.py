@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from trainables.config import TICKET
 from trainables.pruning.masks import Mask
 
-TICKET = "ticket"  # the member that is the ticket itself (replicate seeds too); a control is named after itself
+__all__ = ["TICKET", "Diverged", "Member"]  # TICKET: the config's, named here too for the members' users
 
 
 class Diverged(RuntimeError):
