@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -17,6 +18,14 @@ from mlflow.tracking import MlflowClient
 from search.tracking import schema as S
 
 FRONT_PAGE = 200  # runs per query while walking a front; a front of k points costs about k/FRONT_PAGE + k queries
+
+
+class Point(NamedTuple):
+    """A ticket as a front sees it, without its run: (run id, val_score, sparsity)."""
+
+    run_id: str
+    val_score: float
+    sparsity: float
 
 
 def _point(run: Run) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from search.results import fetch
+from search.results import fetch, sqlfetch
 from search.sweep import objectives
 from search.sweep.storage import DEFAULT_ROOT, MLFLOW_DB
 from search.tracking import schema as S
@@ -201,8 +201,9 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
                  model: str | None = None, top: int | None = 10) -> list[TicketRecord]:
     """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
-    One `search_runs` query selects the tickets (filters and ranking done by MLflow; a front is walked by
-    narrowing queries, search/results/fetch.py); the controls are fetched for the shown tickets only.
+    On a database store one query of three columns ranks the tickets (search/results/sqlfetch.py); elsewhere
+    one `search_runs` query does (a front is walked by narrowing queries, search/results/fetch.py). Only the
+    tickets shown are read whole; their control margins come with them.
     `sweep=None` searches every experiment and ranks by val_score; with a sweep and no `max_density`, an
     objective that targets a density filters by the sweep's own. `top` caps a ranked list; a ranking that
     needs every ticket (a Pareto front) comes whole (cutting it would hide one end of the trade-off).
@@ -222,7 +223,13 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
         exp_ids = [str(e.experiment_id) for e in store.experiments(client)]
     if not exp_ids:
         return []
-    if ranking.whole:  # a front: only its candidates are read, never the dominated bulk
+    ticket_filter(**filters)  # checks the filters' values before any query
+    light = sqlfetch.points(tracking_uri or default_tracking_uri(), exp_ids, filters,
+                            top=None if ranking.whole else top)
+    if light is not None:  # a database store: rank three columns, then read the runs shown
+        front = objectives.pareto_front([fetch.Point(*p) for p in light]) if ranking.whole else light
+        runs = sqlfetch.runs_by_id(client, exp_ids, [p[0] for p in front])
+    elif ranking.whole:  # a front: only its candidates are read, never the dominated bulk
         runs = fetch.front_candidates(client, exp_ids, ticket_filter(**filters))
     else:
         runs = store.search_all(client, exp_ids, ticket_filter(**filters), order_by=["metrics.val_score DESC"],

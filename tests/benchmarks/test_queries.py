@@ -21,14 +21,14 @@ from search.sweep.objectives import pareto_front
 def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     tmp = tmp_path_factory.mktemp("queries")
     uri = f"sqlite:///{tmp}/mlflow.db"
-    fill(uri, str(tmp / "artifacts"), sweep="acc", objective="accuracy_at_density", tickets=200, seed=0)
-    fill(uri, str(tmp / "artifacts"), sweep="front", objective="pareto", tickets=250, seed=1)
+    fill(uri, str(tmp / "artifacts"), sweep="acc", objective="accuracy_at_density", tickets=100, seed=0)
+    fill(uri, str(tmp / "artifacts"), sweep="front", objective="pareto", tickets=150, seed=1)
     return uri
 
 
 def test_the_walked_front_is_the_whole_front_from_a_fraction_of_the_runs(uri: str) -> None:
     every = sweep_tickets(uri, "front")
-    assert len(every) == 250
+    assert len(every) == 150
     truth = pareto_front(every)
     got = best_tickets(uri, sweep="front")
     assert [r.run_id for r in got] == [r.run_id for r in truth]

@@ -18,7 +18,6 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     uri = f"sqlite:///{tmp}/mlflow.db"
     tracking = prepare(uri, "sw", str(tmp / "artifacts"), {"objective": "accuracy_at_density", "sampler": "tpe"})
     write_trial(tmp / "ray", "done", ticket(), levels=3, final=True)
-    write_trial(tmp / "ray", "cut", ticket(**{"train.lr": 0.01}), levels=2)
     reconcile(tracking, str(tmp / "ray"), {})
     reconcile(tracking, str(tmp / "ray"), {})  # idempotent: nothing new, no second model
     return {"uri": uri, "tracking": tracking, "client": MlflowClient(uri)}
