@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 MODEL_TYPE = "lottery-ticket"  # LoggedModel.model_type of every ticket
 DESCRIPTION_TAG = "mlflow.note.content"  # the UI shows it as the experiment's (and a run's) description
+# Seconds between system-metric samples of a trial. Each sample costs the tracking server a read and a write:
+# 4,000 concurrent trials (1,000 GPUs, four trials each) at 30 s make about 270 requests per second.
+SYSTEM_METRICS_INTERVAL_S = 30.0
 
 
 def ticket_run_name(flat: dict[str, Any], level: int, density: float, member: str) -> str:
@@ -108,7 +111,7 @@ def finish_model(client: MlflowClient, run_id: str, model_id: str, folder: Path,
     client.finalize_logged_model(model_id, "READY")
 
 
-def start_system_metrics(run_id: str, tracking_uri: str, interval_s: float = 10.0) -> Any:
+def start_system_metrics(run_id: str, tracking_uri: str, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Any:
     """MLflow's system metrics (CPU, memory; GPU where present) sampled every `interval_s` onto the trial run;
     None where psutil is missing. The caller stops it with `.finish()`."""
     try:
