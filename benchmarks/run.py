@@ -8,13 +8,15 @@
 
 Each benchmark times "ours" and "theirs" alternately in this one process and reports the median of the
 per-repetition ratios (benchmarks/common.py). Benchmarks 5-7 start a local Ray, an MLflow sqlite store and
-an Optuna journal under a temporary folder, deleted afterwards. The GPU script is benchmarks/gpu.py.
+an Optuna journal under a temporary folder, deleted afterwards. The GPU script is benchmarks/gpu.py; the query
+latency table (`python -m benchmarks.queries`) is a section of RESULTS.md of its own, kept by a rewrite here.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,13 @@ from benchmarks import engine
 from benchmarks.common import FULL, QUICK, Row, Sizes, machine, markdown, table
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+QUERIES = re.compile(r"\n*<!-- queries:start -->.*?<!-- queries:end -->\n?", re.S)  # benchmarks/queries.py's
+
+
+def kept_queries(path: Path) -> str:
+    """The query benchmark's section of `path` (written by `python -m benchmarks.queries`), kept on a rewrite."""
+    found = QUERIES.search(path.read_text()) if path.is_file() else None
+    return "\n" + found.group(0).lstrip("\n") if found else ""
 
 
 def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else ("" if args.quick or args.only else str(RESULTS))
     if out:
         command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
-        Path(out).write_text(markdown(rows, info, command.strip(), args.quick))
+        Path(out).write_text(markdown(rows, info, command.strip(), args.quick) + kept_queries(Path(out)))
         console.print(f"wrote {out}")
     return 0
 

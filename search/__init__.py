@@ -11,16 +11,25 @@ Python users get the CLI's verbs here:
     >>> best[0].ticket()  # the typed config that found it                 # doctest: +SKIP
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from search.results.query import TicketRecord, best_tickets
-from search.sweep.objectives import pareto_front
+if TYPE_CHECKING:
+    from search.results.query import TicketRecord, best_tickets
+    from search.sweep.objectives import pareto_front
 
 __all__ = ["TicketRecord", "best_tickets", "pareto_front", "load_sweep", "run_sweep", "resume_sweep",
            "export_ticket", "resolve_init_mask", "confirm_ticket"]
 
 
-def __getattr__(name: str) -> Any:  # heavy imports (Ray) only when asked for
+def __getattr__(name: str) -> Any:  # heavy imports (MLflow, Ray, torch) only when asked for: the CLI starts fast
+    if name in ("TicketRecord", "best_tickets"):
+        from search.results import query
+
+        return getattr(query, name)
+    if name == "pareto_front":
+        from search.sweep.objectives import pareto_front
+
+        return pareto_front
     if name in ("run_sweep", "resume_sweep"):
         from search.tune import runner
 

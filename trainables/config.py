@@ -6,10 +6,9 @@
 ones and validates ranges. The same keys are Ray's param_space constants, Optuna's parameter names, MLflow
 params and `--set`.
 
-Valid names (datasets, models, scorers, controls, optimizers, ...) are not listed here: each registry
-registers its own with `register_names`, and each task family its own checks with `register_check`
-(importing `trainables` loads every registry first). `data.name` also picks the task family
-(trainables/tasks/registry.py). `ConfigError` is trainables.typed's, the error of every user mistake.
+Valid names (datasets, models, ...) are not listed here: each registry registers its own with `register_names`,
+each task family its checks with `register_check`; every registry loads on the first need for them (LOADERS).
+`ConfigError` is trainables.typed's, the error of every user mistake.
 
 Example:
     >>> t = Ticket.from_flat({"prune.rate": "0.5", "model.name": "mlp"})
@@ -29,12 +28,12 @@ from typing import Any
 
 from trainables.sections import CHOICES, DataConfig, ModelConfig, RLConfig, TrainConfig
 from trainables.sections import help_field as _help
-from trainables.typed import ConfigError, choice, coerce, did_you_mean, in_range, optional_of
+from trainables.typed import ConfigError, choice, coerce, did_you_mean, from_nested, in_range, optional_of
 
-__all__ = ["DEFAULTS", "EB_STRUCTURES", "KEYS", "LEVELS_WITHOUT_TARGET", "MAX_LEVELS", "METHODS", "OUTPUT_POOLS",
-           "REWIND_ORDERS", "SCOPES", "SCORE_MODES", "SCORE_PER", "SECTIONS", "TYPES", "ConfigError", "DataConfig",
-           "ModelConfig", "PruneConfig", "RLConfig", "Ticket", "TrainConfig", "choices", "from_nested", "help_text",
-           "key_type", "register_check", "register_names", "validate"]
+__all__ = ["DEFAULTS", "EB_STRUCTURES", "KEYS", "LEVELS_WITHOUT_TARGET", "LOADERS", "MAX_LEVELS", "METHODS",
+           "OUTPUT_POOLS", "REWIND_ORDERS", "SCOPES", "SCORE_MODES", "SCORE_PER", "SECTIONS", "TICKET", "TYPES",
+           "ConfigError", "DataConfig", "ModelConfig", "PruneConfig", "RLConfig", "Ticket", "TrainConfig", "choices",
+           "from_nested", "help_text", "key_type", "register_check", "register_names", "validate"]
 
 METHODS = ("imp", "init")  # the lottery's two searches (trainables/lottery.py)
 SCOPES = ("global", "layer")  # where pruning ranks weights (trainables/pruning/masks.py)
@@ -45,6 +44,7 @@ REWIND_ORDERS = ("through", "restart")  # level 0 straight through k, or open_lt
 EB_STRUCTURES = ("unstructured", "channel")  # Early-Bird masks of weights, or of BatchNorm channels
 MAX_LEVELS = 1000  # the most IMP levels a search may ask for
 LEVELS_WITHOUT_TARGET = 5  # prune.levels unset and no prune.target_density: the classic five levels
+TICKET = "ticket"  # the member that is the ticket itself (replicate seeds too); a control is named after itself
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,13 @@ class _Names:
 
 _NAMES: dict[str, list[_Names]] = {}
 _CHECKS: list[Callable[[Ticket], None]] = []
+LOADERS: list[Callable[[], object]] = []  # trainables/__init__.py's: import every registry, once, on first need
+
+
+def _registries() -> dict[str, list[_Names]]:
+    while LOADERS:  # popped first: a registry asking for choices while it loads does not recurse
+        LOADERS.pop()()  # torch loads here, not when the config is imported
+    return _NAMES
 
 
 def register_names(key: str, names: Iterable[str], *, prefix: str = "", shown: str = "") -> None:
@@ -193,7 +200,7 @@ def register_check(check: Callable[[Ticket], None]) -> None:
 
 def choices(key: str) -> tuple[str, ...]:
     """The valid values of `key` as error messages list them (names, then patterns such as gym:<EnvId>)."""
-    groups = _NAMES.get(key, [])
+    groups = _registries().get(key, [])
     return (*(n for g in groups for n in g.names), *(g.shown for g in groups if g.shown))
 
 
@@ -215,7 +222,7 @@ def validate(t: Ticket) -> None:
     """Check names and ranges; raise ConfigError with one line naming the field."""
     flat = t.flat()
     for key in KEYS:  # every registered name, in key order
-        if key in _NAMES:
+        if key in _registries():
             for value in flat[key] if isinstance(flat[key], tuple) else (flat[key],):
                 if not _accepts(key, value):
                     choice(key, value, choices(key))
@@ -261,14 +268,3 @@ def _validate_prune(p: PruneConfig) -> None:
     choice("prune.eb_structure", p.eb_structure, EB_STRUCTURES)
     in_range("prune.eb_l1", p.eb_l1, 0.0, 1.0)
 
-
-def from_nested(doc: typing.Mapping[str, Any]) -> dict[str, Any]:
-    """TOML-style nesting (`[prune] rate = 0.2`) or dotted keys -> flat dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            for sub, v in from_nested(value).items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            flat[key] = value
-    return flat

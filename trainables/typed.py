@@ -144,3 +144,15 @@ def type_name(tp: Any, *, strict: bool = False) -> str:
         return f"a comma-separated list of {type_name(typing.get_args(tp)[0])}"
     names = {bool: "true/false", int: "an integer", float: "a finite number" if strict else "a number", str: "text"}
     return names.get(tp, str(tp))
+
+
+def from_nested(doc: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """TOML-style nesting (`[prune] rate = 0.2`) or dotted keys -> flat dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            for sub, v in from_nested(value).items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return flat

@@ -7,7 +7,7 @@ stdout unwrapped, so it pipes.
 
 Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
 `sqlite:///<cwd>/runs/mlflow.db`):
-    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json, rank, confirmed
+    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json, rank, confirmed, register
     export:  tracking_uri, run_id, out
     compare: tracking_uri, run_a, run_b, json
     confirm: tracking_uri, run_id, seeds, out
@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from search.cli.console import console as make_console
-from trainables.tasks.registry import score_meaning
 
 if TYPE_CHECKING:
     from search.results.compare import MaskComparison
     from search.results.query import TicketRecord
 
-# MLflow and matplotlib are imported inside each verb: `add_parsers` runs on every CLI start, and
+# MLflow, matplotlib and torch are imported inside each verb: `add_parsers` runs on every CLI start, and
 # `ticket-search run` should not pay seconds for them.
 
 
@@ -39,9 +38,18 @@ def _pct(x: float | None, digits: int = 2) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
 
 
+def _meaning(r: TicketRecord) -> str:
+    """What the record's scores measure ("accuracy", "-perplexity", ...)."""
+    if r.score_meaning:
+        return r.score_meaning
+    from trainables.tasks.registry import score_meaning  # a run from before the tag: the registry (torch)
+
+    return score_meaning(r.flat.get("data.name", ""))
+
+
 def _score(r: TicketRecord, value: float) -> str:
     """A score as its task means it: accuracy in percent, else the number (-perplexity, mean return)."""
-    if score_meaning(r.flat.get("data.name", "")) == "accuracy":
+    if _meaning(r) == "accuracy":
         return _pct(value, 1)
     return "-" if math.isnan(value) else f"{value:.2f}"
 
@@ -66,7 +74,7 @@ def _interval(r: TicketRecord, flat: dict[str, float], score: str, fallback: flo
     s = summary(flat, score)
     if s is None:
         return _score(r, fallback)
-    accuracy = score_meaning(r.flat.get("data.name", "")) == "accuracy"
+    accuracy = _meaning(r) == "accuracy"
     return plus_minus(s, 100.0 if accuracy else 1.0, 1 if accuracy else 2) + ("%" if accuracy else "")
 
 
@@ -119,6 +127,12 @@ def best_command(args: argparse.Namespace) -> int:
     records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
                            dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top,
                            rank=args.rank, confirmed=args.confirmed)
+    if getattr(args, "register", None) and records:
+        from search.results.register import register_best
+
+        reg = register_best(args.tracking_uri, records[0], args.register)
+        make_console(stderr=True).print(f"registered ticket {records[0].run_id} as {reg.name} version "
+                                        f"{reg.version} (models:/{reg.name}@{reg.alias})")
     if args.json:
         _print_json([r.to_json() for r in records])
         return 0
@@ -255,6 +269,8 @@ def add_parsers(sub: Any) -> None:
                       help="rank by the mean val score over replicates (default) or by its 95%% lower bound")
     best.add_argument("--confirmed", action="store_true",
                       help="only tickets `confirm` retrained on new seeds, with their confirmed figures")
+    best.add_argument("--register", metavar="NAME", help="register the best ticket as a new version of the "
+                                                         "MLflow model NAME, with the alias 'best'")
     _tracking(best)
     best.set_defaults(handler=best_command)
     export = sub.add_parser("export", help="write a ticket run's mask, rewind weights and config to a folder")

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from search.cli.console import console as make_console
-from search.sweep.overrides import load_ticket
-from trainables import paths
-from trainables.config import ConfigError, Ticket
-from trainables.io import checkpoint
-from trainables.io.checkpoint import State
-from trainables.io.results import LevelResult, write_results
-from trainables.lottery import Lottery
+
+if TYPE_CHECKING:
+    from trainables.config import Ticket
+    from trainables.io.checkpoint import State
+    from trainables.io.results import LevelResult
+
+# The engine (torch) is imported inside `run_command`: `add_parsers` runs on every CLI start.
 
 
 def planned_epochs(t: Ticket, levels: int) -> float:
@@ -71,6 +71,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from search.sweep.overrides import load_ticket
+    from trainables import paths
+    from trainables.io import checkpoint
+    from trainables.io.results import write_results
+    from trainables.lottery import Lottery
+    from trainables.typed import ConfigError
+
     console = make_console()
     out = Path(args.out).resolve() if args.out else None
     ticket = load_ticket(args.ticket, args.sets)

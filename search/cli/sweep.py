@@ -1,4 +1,4 @@
-"""`ticket-search sweep` and `ticket-search resume`: run a sweep with console progress, then the best tickets."""
+"""`ticket-search sweep`, `resume` and `dashboard`: run a sweep with console progress, then the best tickets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from search.cli.console import console as make_console
-from search.sweep import objectives
 from search.sweep.storage import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -27,11 +26,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     re.set_defaults(handler=resume_command)
     re.add_argument("name", help="the sweep's name")
     re.add_argument("--root", default=DEFAULT_ROOT, help=f"the sweep's storage root (default: {DEFAULT_ROOT})")
+    da = sub.add_parser("dashboard", help="open the sweep's Optuna study in optuna-dashboard (on 127.0.0.1)")
+    da.set_defaults(handler=dashboard_command)
+    da.add_argument("name", help="the sweep's name")
+    da.add_argument("--root", default=DEFAULT_ROOT, help=f"the sweep's storage root (default: {DEFAULT_ROOT})")
+    da.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default: 8080)")
 
 
 def _finish(console: Console, outcome: SweepOutcome) -> int:
     """The end of a sweep: what ran and what MLflow holds of it, the best tickets, the plot, the MLflow UI."""
     from search.results.plot import plot_sweep
+    from search.sweep import objectives
 
     s, rec, ends = outcome.sweep, outcome.record, outcome.endings
     console.print(f"[bold]sweep {s.name}[/]: {outcome.trials} trials: {ends.get('FINISHED', 0)} ran every level, "
@@ -92,3 +97,13 @@ def resume_command(args: argparse.Namespace) -> int:
     console.print(f"resuming sweep [bold]{sweep.name}[/]")
     outcome = run_sweep(sweep, resume=True, callbacks=[ProgressCallback(console.print)])
     return _finish(console, outcome)
+
+
+def dashboard_command(args: argparse.Namespace) -> int:
+    from search.results.dashboard import HOST, open_study_storage, serve
+
+    storage = open_study_storage(args.name, args.root)
+    make_console(stderr=True).print(f"optuna-dashboard for sweep [bold]{args.name}[/]: http://{HOST}:{args.port} "
+                                    "(Ctrl-C stops it)")
+    serve(storage, port=args.port)
+    return 0

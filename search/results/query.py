@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from search.results import uncertainty
+from search.results import fetch, sqlfetch, uncertainty
 from search.sweep import objectives
 from search.sweep.storage import DEFAULT_ROOT, MLFLOW_DB
 from search.tracking import schema as S
@@ -54,6 +54,7 @@ class TicketRecord:
     collapsed: bool
     test_score: float = math.nan  # the task's test score (accuracy, -perplexity, mean return): shown, never ranked
     instability: float | None = None  # validation error barrier (prune.instability), None when not measured
+    score_meaning: str = ""  # what the scores measure, as the writer tagged it ("" on runs from before the tag)
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
     # Over replicates (search/results/uncertainty.py): `val_score_mean/_std/_n/_ci95` ..., the paired margins
@@ -139,29 +140,37 @@ def parent_run(client: MlflowClient, exp_id: str) -> Run | None:
     return runs[0] if runs else None
 
 
+def _parent_param(parent: Run | None, name: str) -> str | None:
+    return parent.data.params.get(name) if parent else None
+
+
+def _bound(raw: str | None) -> float | None:
+    try:
+        return float(raw or "None")
+    except ValueError:
+        return None
+
+
+def _target(raw: str | None) -> float | None:
+    try:
+        return float(raw or "None") + 1e-9  # a hair above: the ticket at the target counts
+    except ValueError:
+        return None
+
+
 def objective(client: MlflowClient, exp_id: str) -> str:
     """The sweep's objective as its parent run recorded it (the default objective when unrecorded)."""
-    parent = parent_run(client, exp_id)
-    return parent.data.params.get(S.PARAM_OBJECTIVE, objectives.DEFAULT) if parent else objectives.DEFAULT
+    return _parent_param(parent_run(client, exp_id), S.PARAM_OBJECTIVE) or objectives.DEFAULT
 
 
 def target_density(client: MlflowClient, exp_id: str) -> float | None:
     """The density an `accuracy_at_density` sweep aims at, as its parent run recorded it (a hair above)."""
-    parent = parent_run(client, exp_id)
-    raw = parent.data.params.get(S.PARAM_TARGET, "None") if parent else "None"
-    try:
-        return float(raw) + 1e-9
-    except ValueError:
-        return None
+    return _target(_parent_param(parent_run(client, exp_id), S.PARAM_TARGET))
 
 
 def max_instability(client: MlflowClient, exp_id: str) -> float | None:
     """The sweep's `[objective] max_instability` as its parent run recorded it (None: unconstrained)."""
-    parent = parent_run(client, exp_id)
-    try:
-        return float(parent.data.params.get(S.PARAM_MAX_INSTABILITY, "None")) if parent else None
-    except ValueError:
-        return None
+    return _bound(_parent_param(parent_run(client, exp_id), S.PARAM_MAX_INSTABILITY))
 
 
 def sweep_objective(tracking_uri: str | None, sweep: str) -> str:
@@ -205,29 +214,9 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         sparsity=m.get("sparsity", 1.0 - density), val_score=m.get("val_score", math.nan),
         val_acc=m.get("val_acc", math.nan), test_acc=m.get("test_acc", math.nan),
         collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}),
-        test_score=m.get("test_score", m.get("test_acc", math.nan)),
-        instability=m.get("instability_val"), stats=uncertainty.stats_of(m),
-        margins=uncertainty.margins_of(m),
+        test_score=m.get("test_score", m.get("test_acc", math.nan)), score_meaning=tags.get(S.TAG_SCORE, ""),
+        instability=m.get("instability_val"), stats=uncertainty.stats_of(m), margins=uncertainty.margins_of(m),
         confirmed=uncertainty.confirmed_of(m) if tags.get(S.CONFIRMED) == "true" else {})
-
-
-def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run],
-                     filters: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """ticket run id -> {control: margin}, from one query for every control run of these experiments."""
-    if not any(r.data.params.get("prune.controls") for r in tickets):
-        return {}
-    controls = store.search_all(client, exp_ids, ticket_filter(**{**filters, "max_density": None}, controls=True),
-                                order_by=["attributes.start_time ASC"])
-    by_key: dict[tuple[str, str], dict[str, float]] = {}
-    for c in controls:  # later duplicates (a restarted trial) win
-        key = (c.data.tags.get(S.PARENT_TAG, ""), c.data.tags.get(S.TAG_LEVEL, ""))
-        by_key.setdefault(key, {})[c.data.tags[S.TAG_MEMBER]] = c.data.metrics.get("val_score", math.nan)
-    out = {}
-    for t in tickets:
-        found = by_key.get((t.data.tags.get(S.PARENT_TAG, ""), t.data.tags.get(S.TAG_LEVEL, "")), {})
-        score = t.data.metrics.get("val_score", math.nan)
-        out[t.info.run_id] = {name: score - v for name, v in sorted(found.items())}
-    return out
 
 
 def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
@@ -236,13 +225,15 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
                  confirmed: bool = False) -> list[TicketRecord]:
     """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
-    One `search_runs` query selects the tickets (filters and ranking done by MLflow); a second one
-    fetches the control runs when any ticket has controls. `sweep=None` searches every experiment and
-    ranks by val_score; with a sweep and no `max_density`, an objective that targets a density filters by
-    the sweep's own. `top` caps a ranked list; a ranking that needs every ticket (a Pareto front) comes
-    whole (cutting it would hide one end of the trade-off). `rank="lcb"` ranks by the lower end of the val
-    score's 95% interval instead of its mean; `confirmed=True` keeps only tickets `confirm` has retrained
-    and ranks them by their confirmed figures (search/results/uncertainty.py).
+    On a database store one query of three columns ranks the tickets (search/results/sqlfetch.py); elsewhere
+    one `search_runs` query does (a front is walked by narrowing queries, search/results/fetch.py). Only the
+    tickets shown are read whole; their control margins come with them.
+    `sweep=None` searches every experiment and ranks by val_score; with a sweep and no `max_density`, an
+    objective that targets a density filters by the sweep's own, and a sweep with `[objective]
+    max_instability` shows only tickets that stable. `top` caps a ranked list; a ranking that needs every
+    ticket (a Pareto front) comes whole (cutting it would hide one end of the trade-off). `rank="lcb"` ranks
+    by the lower end of the val score's 95% interval instead of its mean; `confirmed=True` keeps only tickets
+    `confirm` has retrained and ranks them by their confirmed figures (search/results/uncertainty.py).
     """
     uncertainty.check_rank(rank)
     if top is not None and top < 1:
@@ -252,10 +243,11 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     ranking = objectives.get(objectives.DEFAULT)  # across sweeps: by val_score
     if sweep is not None:
         exp_ids = [experiment_id(client, sweep)]
-        ranking = objectives.get(objective(client, exp_ids[0]))
+        parent = parent_run(client, exp_ids[0])  # read once: it holds the objective and the target
+        ranking = objectives.get(_parent_param(parent, S.PARAM_OBJECTIVE) or objectives.DEFAULT)
         if max_density is None and ranking.targets_density:  # a sweep's best tickets are those at its target
-            filters["max_density"] = target_density(client, exp_ids[0])
-        filters["max_instability"] = max_instability(client, exp_ids[0])  # a stable sweep's: stable ones only
+            filters["max_density"] = _target(_parent_param(parent, S.PARAM_TARGET))
+        filters["max_instability"] = _bound(_parent_param(parent, S.PARAM_MAX_INSTABILITY))  # stable ones only
     else:
         exp_ids = [str(e.experiment_id) for e in store.experiments(client)]
     if not exp_ids:
@@ -263,12 +255,24 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     if rank != "mean" and ranking.whole:
         raise ConfigError(f"--rank: sweep '{sweep}' ranks by a Pareto front (of means); valid here: mean")
     resort = rank != "mean" or (confirmed and not ranking.whole)
-    where = ticket_filter(**filters) + (f" and tags.{S.CONFIRMED} = 'true'" if confirmed else "")
-    runs = store.search_all(client, exp_ids, where, order_by=["metrics.val_score DESC"],
-                            limit=None if ranking.whole or resort else top)
-    margins = _control_margins(client, exp_ids, runs, filters)
-    records = ranking.rank([to_record(r, margins.get(r.info.run_id)) for r in runs])
-    return uncertainty.rerank(records, rank, confirmed, top) if resort else records
+    where = ticket_filter(**filters) + (f" and tags.{S.CONFIRMED} = 'true'" if confirmed else "")  # checks values
+    plain = not (confirmed or resort or filters.get("max_instability") is not None)
+    light = sqlfetch.points(tracking_uri or default_tracking_uri(), exp_ids, filters,
+                            top=None if ranking.whole else top) if plain else None
+    if light is not None:  # a database store: rank three columns, then read the runs shown
+        front = objectives.pareto_front([fetch.Point(*p) for p in light]) if ranking.whole else light
+        runs = sqlfetch.runs_by_id(client, exp_ids, [p[0] for p in front])
+    elif ranking.whole:  # a front: only its candidates are read, never the dominated bulk
+        runs = fetch.front_candidates(client, exp_ids, where)
+    else:
+        runs = store.search_all(client, exp_ids, where, order_by=["metrics.val_score DESC"],
+                                limit=None if resort else top)
+    ranked = ranking.rank([to_record(r) for r in runs])
+    if resort:
+        ranked = uncertainty.rerank(ranked, rank, confirmed, top)
+    shown = {r.run_id for r in ranked}
+    margins = fetch.control_margins(client, [r for r in runs if r.info.run_id in shown])  # the shown ones only
+    return [replace(r, controls=margins.get(r.run_id, {})) for r in ranked]
 
 
 def sweep_tickets(tracking_uri: str | None, sweep: str) -> list[TicketRecord]:

@@ -6,7 +6,7 @@ experiment = sweep name
                step = cumulative training iteration)
       ticket run per level and member (tags kind=ticket, member=ticket|<control>, level, trial, and
                dataset/model/scorer/method/sweep; params = flat keys; metrics TICKET_METRICS;
-               artifacts mask.safetensors + density.json)
+               artifacts mask.safetensors + density.json; a ticket run also carries CONTROL_SCORE per control)
 
 "Best tickets" is then one plain query any MLflow user can write:
     mlflow.search_runs(experiment_names=["digits"],
@@ -16,18 +16,18 @@ experiment = sweep name
 
 from __future__ import annotations
 
-from trainables import paths
-from trainables.training import members
+from trainables import config, paths
 
 KIND = "kind"  # sweep | trial | ticket
 SWEEP, TRIAL, TICKET = "sweep", "trial", "ticket"
 TAG_SWEEP = "sweep"
 TAG_TRIAL = "trial"
 TAG_MEMBER = "member"  # MEMBER_TICKET or the control's name
-MEMBER_TICKET = members.TICKET  # the tag value of the ticket itself (trainables' member name)
+MEMBER_TICKET = config.TICKET  # the tag value of the ticket itself (trainables' member name)
 TAG_LEVEL = "level"
 TAG_KEY = "ticket_key"  # <trial>/<level>/<member>: the identity that makes a ticket run exactly-once
 TAG_TICKET_ID = "ticket_id"  # Ticket.id of the trial's config
+TAG_SCORE = "score"  # what val_score measures: accuracy, -perplexity, mean return (a query shows it without torch)
 TAG_STATUS_REASON = "status_reason"  # why a trial failed or was stopped
 PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under another by it (trial in sweep, ticket in trial)
 DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.scorer",
@@ -47,8 +47,7 @@ TAG_SEEDS = "confirmed_seeds"  # the train.seed values a ticket was confirmed on
 def margin_metric(control: str, name: str) -> str:
     """`margin_<control>_<name>` (a ticket run), or `margin_<name>` with control "" (a control's own run)."""
     return f"{MARGIN}_{control}_{name}" if control else f"{MARGIN}_{name}"
-
-
+CONTROL_SCORE = "val_score_{control}"  # ticket-run metric: each control's val_score, so margins need no query
 EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "level")  # trial run, per evaluation
 TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
 PARAM_OBJECTIVE = "objective"  # parent-run params the queries read back (search/results/query.py)
@@ -59,5 +58,7 @@ INSTABILITY_METRICS = ("instability_val", "instability_test")  # ticket runs of 
 MASK_ARTIFACT = paths.MASK_FILE  # ticket run; further replicates as paths.replicate_mask(r)
 DENSITY_ARTIFACT = paths.DENSITY_FILE  # ticket run
 REWIND_ARTIFACT = paths.REWIND_FILE  # trial run: the weights the ticket restarts from
+PICTURE_ARTIFACT = "layer_density.svg"  # ticket run and its logged model: per-layer density, a bar chart
+TAG_REWIND = "rewind_weights"  # logged-model tag: runs:/<trial run>/<REWIND_ARTIFACT>, the weights it restarts from
 PLOT_DIR, PLOT_ARTIFACT = "plots", "score_vs_density.png"  # parent run (search/results/plot.py)
 PAGE = 1000  # MLflow's largest search page

@@ -29,8 +29,8 @@ from typing import Any
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from search.tracking import native, store
 from search.tracking import schema as S
-from search.tracking import store
 from search.tracking.outbox import Outbox, TrackingUnavailable, retry_budget_s
 from search.tracking.store import Tracking, find_trial_run
 from trainables.io.results import LevelResult
@@ -62,6 +62,7 @@ class MlflowSink:
     _logged_step: int = field(default=-1, init=False)  # metrics up to this step arrived before a restart
     _fresh: bool = field(default=False, init=False)  # this process created the trial run: nothing to dedupe yet
     _tried: set[str] = field(default_factory=set, init=False)  # ticket keys whose logging was attempted
+    _monitor: Any = field(default=None, init=False, repr=False)  # MLflow's system metrics onto the trial run
 
     def __getstate__(self) -> dict[str, Any]:
         return {"tracking": self.tracking, "scratch": self.scratch, "delay_s": self.delay_s}
@@ -97,9 +98,11 @@ class MlflowSink:
             history = self.client.get_metric_history(existing, "epochs_total")
             self._logged_step = max((m.step for m in history), default=-1)
             self._trial_run = existing
+            self._monitor = native.start_system_metrics(existing, self.tracking.tracking_uri)
             return
         self._trial_run = store.create_trial_run(self.client, self.tracking, self._trial_id, self._flat)
         self._fresh = True
+        self._monitor = native.start_system_metrics(self._trial_run, self.tracking.tracking_uri)
 
     def catch_up(self, results: Sequence[LevelResult], rewind: dict[str, Any] | None) -> None:
         """A trial restored from its checkpoint: log whatever of its finished levels MLflow lacks."""
@@ -168,6 +171,9 @@ class MlflowSink:
             sent = self._outbox.drain(budget, strict=wait_s is not None)  # after a background drain in progress
         finally:
             self._outbox.close()
+            monitor, self._monitor = self._monitor, None
+            if monitor is not None:
+                monitor.finish()  # its last samples; it logs and swallows its own errors
         if not sent:
             raise TrackingUnavailable(f"{self.tracking.tracking_uri} did not take this trial's records for "
                                       f"{budget:g} s; still queued: {self._outbox.describe()}")

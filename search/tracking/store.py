@@ -19,18 +19,23 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from mlflow.entities import Experiment, Metric, Param, Run
 from mlflow.store.entities import PagedList
 from mlflow.tracking import MlflowClient
-from safetensors.torch import save as save_bytes
 
+from search.tracking import native
 from search.tracking import schema as S
 from trainables import paths
-from trainables.io import maskio
-from trainables.io.results import LevelResult, instability_metrics
+
+if TYPE_CHECKING:
+    import torch
+
+    from trainables.io.results import LevelResult
+
+# torch (safetensors, the mask writer) is imported inside the writers that store tensors: queries read runs
+# through this module too, and a query command should not pay for torch.
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
@@ -116,6 +121,7 @@ def prepare(tracking_uri: str, sweep: str, artifact_root: str, params: dict[str,
         log_params(client, parent, params)
     else:
         client.update_run(parent, status="RUNNING")
+    native.describe_experiment(client, exp_id, sweep, params)
     return Tracking(tracking_uri, exp_id, parent, sweep)
 
 
@@ -126,8 +132,11 @@ def _find_parent(client: MlflowClient, exp_id: str, sweep: str) -> str | None:
 
 
 def describing_tags(tracking: Tracking, trial_id: str, flat: dict[str, Any]) -> dict[str, str]:
+    from trainables.tasks.registry import score_meaning  # the writers run beside the engine: torch is loaded
+
     tags = {S.TAG_SWEEP: tracking.sweep, S.TAG_TRIAL: trial_id}
     tags.update({tag: str(flat[key]) for tag, key in S.DESCRIBING.items() if key in flat})
+    tags[S.TAG_SCORE] = score_meaning(str(flat.get("data.name", "")))
     return tags
 
 
@@ -142,6 +151,7 @@ def create_trial_run(client: MlflowClient, tracking: Tracking, trial_id: str, fl
     tags = {**describing_tags(tracking, trial_id, flat), S.KIND: S.TRIAL, S.PARENT_TAG: tracking.parent_run_id}
     run_id: str = client.create_run(tracking.experiment_id, run_name=f"trial-{trial_id}", tags=tags).info.run_id
     log_params(client, run_id, flat)
+    native.log_dataset(client, run_id, flat)
     return run_id
 
 
@@ -164,6 +174,10 @@ def has_rewind(client: MlflowClient, trial_run: str) -> bool:
 
 def log_rewind(client: MlflowClient, trial_run: str, rewind: dict[str, torch.Tensor], scratch: str = "") -> None:
     """The weights the ticket restarts from (replicate 0): with a mask, the ticket."""
+    from safetensors.torch import save as save_bytes
+
+    from trainables.io import maskio
+
     with tempfile.TemporaryDirectory(prefix="ticket-rewind-", dir=scratch or None) as tmp:
         path = Path(tmp) / S.REWIND_ARTIFACT
         blob = save_bytes({k: v.detach().cpu().contiguous() for k, v in rewind.items()})
@@ -191,26 +205,35 @@ def log_ticket_run(client: MlflowClient, tracking: Tracking, *, trial_id: str, t
     with tempfile.TemporaryDirectory(prefix="ticket-mask-", dir=scratch or None) as tmp:
         if member == S.MEMBER_TICKET:
             stage_mask_artifacts(Path(tmp), result)
-        for run in found:
-            client.delete_run(run.info.run_id)  # half-logged when its writer died: replace it
+            native.stage_picture(Path(tmp), result)
+        for run in found:  # half-logged when its writer died: replace it, and its logged model
+            native.drop_models(client, tracking.experiment_id, run.info.run_id)
+            client.delete_run(run.info.run_id)
         tags = {**describing_tags(tracking, trial_id, flat), S.PARENT_TAG: trial_run, S.KIND: S.TICKET,
                 S.TAG_MEMBER: member, S.TAG_LEVEL: str(result.level), S.TAG_KEY: key, S.TAG_TICKET_ID: trial_id}
-        run_id = client.create_run(tracking.experiment_id, run_name=f"L{result.level:02d}-{member}",
-                                   tags=tags).info.run_id
+        name = native.ticket_run_name(flat, result.level, result.density, member)
+        run_id = client.create_run(tracking.experiment_id, run_name=name, tags=tags).info.run_id
+        params = {k: param_value(v) for k, v in flat.items()}
+        model = native.create_model(client, tracking.experiment_id, run_id, name, key, params,
+                                    f"runs:/{trial_run}/{S.REWIND_ARTIFACT}") if member == S.MEMBER_TICKET else None
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, result.level) for k, v in ticket_metrics(result, member).items()]
-        params = [Param(k, param_value(v)) for k, v in flat.items()]
-        client.log_batch(run_id, metrics=metrics, params=params[:MAX_PARAMS_PER_BATCH])  # one call
-        for i in range(MAX_PARAMS_PER_BATCH, len(params), MAX_PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
-        if member == S.MEMBER_TICKET:
+        metrics = [Metric(k, float(v), now, result.level, model_id=model, run_id=run_id)
+                   for k, v in ticket_metrics(result, member).items()]  # linked to the ticket's logged model
+        items = [Param(k, v) for k, v in params.items()]
+        client.log_batch(run_id, metrics=metrics, params=items[:MAX_PARAMS_PER_BATCH])  # one call
+        for i in range(MAX_PARAMS_PER_BATCH, len(items), MAX_PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=items[i:i + MAX_PARAMS_PER_BATCH])
+        if model is not None:
             client.log_artifacts(run_id, tmp)
+            native.finish_model(client, run_id, model, Path(tmp), result.level)
         client.set_terminated(run_id, "FINISHED")  # last: only a complete ticket run is FINISHED
     return True
 
 
 def stage_mask_artifacts(folder: Path, result: LevelResult) -> None:
     """mask.safetensors (+ one per further replicate) and density.json, written into `folder`."""
+    from trainables.io import maskio
+
     for r, mask in enumerate(result.masks):
         name = paths.replicate_mask(r)
         maskio.save(mask, folder / name, {"level": str(result.level), "replicate": str(r)})
@@ -226,10 +249,15 @@ def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
          if k not in ("sparsity", "collapsed") and hasattr(result, k)}
     m["collapsed"] = float(result.collapsed)
     if member == S.MEMBER_TICKET:
+        from trainables.io.results import instability_metrics  # torch: not at import (queries use this module)
+
         m.update(instability_metrics(result))
         m.update(result.stats)  # <score>_mean/_std/_n/_ci95 over replicates (trainables/stats.py)
         for control, margin in result.margins.items():
             m.update({S.margin_metric(control, k): v for k, v in margin.items()})
+        # the controls' scores beside the ticket's: a query reads margins off one run
+        m.update({S.CONTROL_SCORE.format(control=c): float(v["val_score"]) for c, v in result.controls.items()
+                  if "val_score" in v})
     else:
         c = result.controls[member]
         m.update({k: float(v) for k, v in c.items()})

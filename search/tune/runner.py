@@ -8,7 +8,6 @@ answers), creates the MLflow experiment and parent run, records the resolved swe
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections import Counter
@@ -21,8 +20,9 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from search.sweep.file import SWEEP_NAME, Sweep, sweep_from_dict
-from search.sweep.storage import DEFAULT_ROOT, record_path
+from search.sweep.file import Sweep
+from search.sweep.record import load_record, save_record
+from search.sweep.storage import DEFAULT_ROOT
 from search.tracking import schema as S
 from search.tracking.callbacks import TrackingCallback
 from search.tracking.outbox import call_with_retry, quick_http, retry_budget_s
@@ -33,7 +33,6 @@ from search.tune.recovery import close_orphans, settle_finished, settle_stopped
 from search.tune.study import optuna_storage
 from search.tune.tuner import build_tuner, restore_tuner
 from trainables.config import ConfigError
-from trainables.io.maskio import write_atomically
 from trainables.tasks.registry import shapes as task_shapes
 
 # Checkpoints at every level boundary are the design; Ray's warning about frequent snapshots is noise here.
@@ -58,25 +57,6 @@ def sweep_params(sweep: Sweep) -> dict[str, Any]:
             "reduction_factor": sweep.reduction_factor, "num_samples": sweep.num_samples,
             "max_concurrent": sweep.max_concurrent, "space": ",".join(d.key for d in sweep.space),
             "smoke": sweep.smoke, "cpu": sweep.cpu, "gpu": sweep.gpu, S.PARAM_MAX_INSTABILITY: sweep.max_instability}
-
-
-def save_record(sweep: Sweep) -> None:
-    """Record the resolved sweep for `resume`, atomically: a driver killed mid-write leaves the old record."""
-    path = record_path(sweep.root, sweep.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(sweep.to_toml_dict(), indent=2, default=str).encode(), "sweep record")
-
-
-def load_record(name: str, root: str | Path = DEFAULT_ROOT) -> Sweep:
-    if not SWEEP_NAME.fullmatch(name):  # a name is a file name under <root>/sweeps: no '/', no '..'
-        raise ConfigError(f"resume: {name!r} is not a sweep name (1-128 letters, digits, - _ ., starting with a "
-                          "letter or digit)")
-    path = record_path(Path(root).resolve(), name)
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
-        raise ConfigError(f"resume: no sweep named '{name}' under {path.parent}; known sweeps: "
-                          f"{', '.join(known) or 'none'}")
-    return sweep_from_dict(json.loads(path.read_text()), cwd=Path(root).resolve().parent)
 
 
 def preflight(sweep: Sweep) -> Sweep:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from trainables.config import TICKET
 from trainables.pruning.masks import Mask
 from trainables.tasks.base import Task
 
-TICKET = "ticket"  # the member that is the ticket itself (replicate seeds too); a control is named after itself
 TWIN = "twin"  # the instability analysis' second copy of a ticket: same start and mask, another data order
+__all__ = ["TICKET", "TWIN", "Diverged", "Member"]  # TICKET: the config's, named here too for the members' users
 
 
 class Diverged(RuntimeError):
