@@ -95,7 +95,7 @@ def _synthetic(uri: str, tmp_path: Path) -> dict[str, str]:
                 S.PARENT_TAG: tr.parent_run_id}
         run_id = client.create_run(tr.experiment_id, tags=tags).info.run_id
         flat = stats.Summary(mean, 0.01 if ci else None, n, ci).flat("val_score")
-        for k, v in {**flat, "val_score": mean, "density": 0.25, "level": 1.0}.items():
+        for k, v in {**flat, "val_score": mean, "density": 0.25, "sparsity": 0.75, "level": 1.0}.items():
             client.log_metric(run_id, k, v)
         client.log_param(run_id, "data.name", "digits")
         ids[run_id] = name
