@@ -35,6 +35,7 @@ from trainables.pruning import masks as mk
 from trainables.pruning.earlybird import EarlyBird
 from trainables.pruning.imp import level_mask
 from trainables.pruning.masks import refit
+from trainables.pruning.sanity import invert
 from trainables.tasks.base import Task
 from trainables.tasks.registry import build_model, make_task
 from trainables.training.device import resolve_device
@@ -99,7 +100,8 @@ class Lottery:
             for name in p.controls:
                 control, gen = controls.get(name), seeds.control_mask(seed, r, level, name)
                 model = self.new_model(seeds.control_init(seed, r, level)) if control.fresh_init else self._rewound(r)
-                others.append(Member(name, r, model, control.mask(mask, gen, output)))
+                cmask = self.state.invert[r] if control.scored else control.mask(mask, gen, output)
+                others.append(Member(name, r, model, cmask))
         return tickets + others
 
     def _rewound(self, replicate: int) -> nn.Module:
@@ -144,9 +146,12 @@ class Lottery:
         out_d = schedule.output_density_for(d, p.rate, p.output_rate)
         for r, m in enumerate(models):
             m.load_state_dict(self.state.rewind[r])
+            first = self.state.masks[r]
             self.state.masks[r] = scorers.prune_at_init(
-                m, self.state.masks[r], self._score_ctx(r), scorer=p.scorer, density=d,
+                m, first, self._score_ctx(r), scorer=p.scorer, density=d,
                 output=mk.output_param(m), output_density=out_d, scope=p.scope, iterations=p.iterations)
+            if "invert" in p.controls:  # one-shot scores of the rewound network, as the first round saw them
+                self._draw_invert(r, scorers.score(p.scorer, m, first, self._score_ctx(r)), first)
         self.state.level = 1
 
     def _first_mask(self, model: nn.Module, replicate: int) -> mk.Mask:
@@ -214,8 +219,18 @@ class Lottery:
         base = self.state.results[0].masks
         for r, m in enumerate(self._trained):
             scores = scorers.score(p.scorer, m.model, self.state.masks[r], self._score_ctx(r))
-            self.state.masks[r] = level_mask(scores, self.state.masks[r], base[r], nxt, p.rate, p.output_rate,
+            before = self.state.masks[r]
+            self.state.masks[r] = level_mask(scores, before, base[r], nxt, p.rate, p.output_rate,
                                              p.scope, mk.output_param(m.model))
+            if "invert" in p.controls:
+                self._draw_invert(r, scores, before)
+
+    def _draw_invert(self, replicate: int, scores: dict[str, torch.Tensor], candidates: mk.Mask) -> None:
+        """The `invert` control's mask: the lowest `scores` among `candidates` at the new ticket's per-layer
+        counts (trainables/pruning/sanity.py)."""
+        while len(self.state.invert) <= replicate:
+            self.state.invert.append({})
+        self.state.invert[replicate] = invert(scores, candidates, self.state.masks[replicate])
 
     def _hooks(self, level: int, start: int, members: list[Member]) -> Hooks:
         hooks = Hooks(epoch_end=lambda epoch, it, ms: self._report(level, start, it, ms))

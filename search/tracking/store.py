@@ -14,6 +14,7 @@ so a run that is not FINISHED is half-logged (its writer died) and is replaced.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,7 +31,7 @@ from safetensors.torch import save as save_bytes
 from search.tracking import schema as S
 from trainables import paths
 from trainables.io import maskio
-from trainables.io.results import LevelResult
+from trainables.io.results import LevelResult, mask_information
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100
@@ -230,8 +231,22 @@ def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
         m["advantage"] = result.advantage[member]
         for k in ("val_loss", "test_loss", "best_val_acc", "val_acc_std", "test_acc_std"):
             m.pop(k, None)
+    else:
+        m.update(margin_metrics(result))
     m["sparsity"] = 1.0 - m["density"]
     return m
+
+
+def margin_metrics(result: LevelResult) -> dict[str, float]:
+    """The ticket run's sanity-check record: ticket minus each control (test score, paired per replicate)
+    with its 95% interval where replicates exist, and `mask_information` (1: beats `shuffle`, 0: does not).
+    Undefined values (one replicate) are left out: MLflow has no missing-value metric."""
+    out: dict[str, float] = {}
+    for control, margin in result.margins.items():
+        for suffix, key in (("", "test_mean"), ("_lo", "test_lo"), ("_hi", "test_hi")):
+            out[f"{S.MARGIN_PREFIX}{control}{suffix}"] = float(margin[key])
+    out[S.MASK_INFORMATION] = mask_information(result)
+    return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
 def epoch_metrics(row: dict[str, Any], timestamp_ms: int) -> list[Metric]:

@@ -8,6 +8,7 @@ the names are trainables/paths.py's.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from trainables import paths
 from trainables.io import maskio
+from trainables.io.margins import paired_margin
 from trainables.pruning.masks import Mask
 from trainables.training.members import TICKET
 
@@ -60,6 +62,8 @@ class LevelResult:
     wall_s: float
     controls: dict[str, dict[str, float]] = field(default_factory=dict)
     advantage: dict[str, float] = field(default_factory=dict)  # ticket val_acc - control val_acc
+    # ticket minus control, paired per replicate: {"<control>": {"val_mean", "val_lo", "val_hi", "test_mean", ...}}
+    margins: dict[str, dict[str, float]] = field(default_factory=dict)
     members: list[MemberResult] = field(default_factory=list)
     masks: list[Mask] = field(default_factory=list, repr=False)  # one per replicate
 
@@ -110,7 +114,31 @@ def summarise(level: int, members: list[MemberResult], masks: list[Mask], layer_
         collapsed=bool(collapsed_layers), collapsed_layers=collapsed_layers,
         epochs=epochs, iterations=iterations, wall_s=wall_s, controls=controls,
         advantage={c: ticket_val - v["val_acc"] for c, v in controls.items()},
+        margins={c: control_margins(tickets, [m for m in members if m.member == c]) for c in controls},
         members=members, masks=masks)
+
+
+def control_margins(tickets: list[MemberResult], control: list[MemberResult]) -> dict[str, float]:
+    """Ticket minus control on val_score and test_score, paired by replicate, with 95% t intervals
+    (trainables/io/margins.py; NaN bounds with one replicate)."""
+    by_rep = {m.replicate: m for m in control}
+    pairs = [(t, by_rep[t.replicate]) for t in tickets if t.replicate in by_rep]
+    out: dict[str, float] = {"n": float(len(pairs))}
+    for split in ("val", "test"):
+        key = f"{split}_score"
+        m = paired_margin([getattr(t, key) for t, _ in pairs], [getattr(c, key) for _, c in pairs])
+        out.update({f"{split}_mean": m.mean, f"{split}_lo": m.lo, f"{split}_hi": m.hi})
+    return out
+
+
+def mask_information(result: LevelResult) -> float:
+    """Whether the ticket's mask carries per-weight information: 1.0 when its test-score margin over `shuffle`
+    has a 95% interval above 0, 0.0 when the interval reaches 0 or below, NaN without `shuffle` or with one
+    replicate (no interval, no verdict)."""
+    m = result.margins.get("shuffle")
+    if not m or not m["n"] >= 2 or math.isnan(m["test_lo"]):
+        return math.nan
+    return 1.0 if m["test_lo"] > 0 else 0.0
 
 
 def write_results(out: Path, config: dict[str, Any], levels: list[LevelResult],
