@@ -32,6 +32,7 @@ from trainables.io.maskio import load_init_mask
 from trainables.io.results import LevelResult, MemberResult, summarise
 from trainables.pruning import controls, schedule, scorers
 from trainables.pruning import masks as mk
+from trainables.pruning import structure as st
 from trainables.pruning.earlybird import EarlyBird
 from trainables.pruning.imp import level_mask
 from trainables.pruning.masks import refit
@@ -100,7 +101,8 @@ class Lottery:
             for name in p.controls:
                 control, gen = controls.get(name), seeds.control_mask(seed, r, level, name)
                 model = self.new_model(seeds.control_init(seed, r, level)) if control.fresh_init else self._rewound(r)
-                cmask = self.state.invert[r] if control.scored else control.mask(mask, gen, output)
+                cmask = (self.state.invert[r] if control.scored
+                         else st.control_mask(name, mask, gen, output, p.structure) or control.mask(mask, gen, output))
                 others.append(Member(name, r, model, cmask))
         return tickets + others
 
@@ -149,9 +151,10 @@ class Lottery:
             first = self.state.masks[r]
             self.state.masks[r] = scorers.prune_at_init(
                 m, first, self._score_ctx(r), scorer=p.scorer, density=d,
-                output=mk.output_param(m), output_density=out_d, scope=p.scope, iterations=p.iterations)
+                output=mk.output_param(m), output_density=out_d, scope=p.scope, iterations=p.iterations,
+                structure=p.structure)
             if "invert" in p.controls:  # one-shot scores of the rewound network, as the first round saw them
-                self._draw_invert(r, scorers.score(p.scorer, m, first, self._score_ctx(r)), first)
+                self._draw_invert(r, scorers.score(p.scorer, m, first, self._score_ctx(r)), first, mk.output_param(m))
         self.state.level = 1
 
     def _first_mask(self, model: nn.Module, replicate: int) -> mk.Mask:
@@ -221,16 +224,19 @@ class Lottery:
             scores = scorers.score(p.scorer, m.model, self.state.masks[r], self._score_ctx(r))
             before = self.state.masks[r]
             self.state.masks[r] = level_mask(scores, before, base[r], nxt, p.rate, p.output_rate,
-                                             p.scope, mk.output_param(m.model))
+                                             p.scope, mk.output_param(m.model), p.structure)
             if "invert" in p.controls:
-                self._draw_invert(r, scores, before)
+                self._draw_invert(r, scores, before, mk.output_param(m.model))
 
-    def _draw_invert(self, replicate: int, scores: dict[str, torch.Tensor], candidates: mk.Mask) -> None:
+    def _draw_invert(self, replicate: int, scores: dict[str, torch.Tensor], candidates: mk.Mask,
+                     output: str | None) -> None:
         """The `invert` control's mask: the lowest `scores` among `candidates` at the new ticket's per-layer
         counts (trainables/pruning/sanity.py)."""
         while len(self.state.invert) <= replicate:
             self.state.invert.append({})
-        self.state.invert[replicate] = invert(scores, candidates, self.state.masks[replicate])
+        ticket, structure = self.state.masks[replicate], self.ticket.prune.structure
+        self.state.invert[replicate] = (invert(scores, candidates, ticket) if structure == "unstructured"
+                                        else st.invert(scores, candidates, ticket, structure, output))
 
     def _hooks(self, level: int, start: int, members: list[Member]) -> Hooks:
         hooks = Hooks(epoch_end=lambda epoch, it, ms: self._report(level, start, it, ms))
@@ -250,8 +256,8 @@ class Lottery:
         def epoch_start(epoch: int, members: list[Member]) -> bool:
             first = members[0]
             scores = scorers.score("magnitude", first.model, first.mask or {}, self._score_ctx(0))
-            mask = mk.prune(scores, first.mask or {}, d, scope=p.scope,
-                            output=mk.output_param(first.model), output_density=out_d)
+            mask = st.prune(scores, first.mask or {}, d, scope=p.scope, output=mk.output_param(first.model),
+                            output_density=out_d, structure=p.structure)
             fired = self.state.early_bird_epoch is None and detector.update(mask)
             if fired:
                 self.state.early_bird_epoch = epoch

@@ -7,7 +7,7 @@ stdout unwrapped, so it pipes.
 
 Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
 `sqlite:///<cwd>/runs/mlflow.db`):
-    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json
+    best:    tracking_uri, sweep, max_density, dataset, scorer, model, structure, top, json
     export:  tracking_uri, run_id, out
     compare: tracking_uri, run_a, run_b, json
     plot:    tracking_uri, sweep, out
@@ -77,7 +77,8 @@ def best_command(args: argparse.Namespace) -> int:
     from search.sweep import objectives
 
     records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
-                           dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top)
+                           dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top,
+                           structure=args.structure)
     if args.json:
         _print_json([r.to_json() for r in records])
         return 0
@@ -154,6 +155,7 @@ def add_parsers(sub: Any) -> None:
     best.add_argument("--dataset", help="only tickets on this dataset")
     best.add_argument("--scorer", help="only tickets found with this scorer")
     best.add_argument("--model", help="only tickets of this model")
+    best.add_argument("--structure", help="only tickets of this prune.structure (unstructured, channel, 2:4, ...)")
     best.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
     best.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _tracking(best)

@@ -163,7 +163,8 @@ def _tag_clause(tag: str, value: str | None) -> list[str]:
 
 
 def ticket_filter(*, max_density: float | None = None, dataset: str | None = None,
-                  scorer: str | None = None, model: str | None = None, controls: bool = False) -> str:
+                  scorer: str | None = None, model: str | None = None, controls: bool = False,
+                  structure: str | None = None) -> str:
     """The filter string of the "best tickets" query (MLflow filters know `and` only); with
     `controls=True` the same filters select the control runs instead."""
     member = f"!= '{S.MEMBER_TICKET}'" if controls else f"= '{S.MEMBER_TICKET}'"
@@ -172,7 +173,7 @@ def ticket_filter(*, max_density: float | None = None, dataset: str | None = Non
         if not (isinstance(max_density, int | float) and 0 < max_density <= 1):
             raise ConfigError(f"--max-density: {max_density!r} is outside (0, 1]")
         clauses.append(f"metrics.density <= {float(max_density)!r}")
-    for tag, value in (("dataset", dataset), ("scorer", scorer), ("model", model)):
+    for tag, value in (("dataset", dataset), ("scorer", scorer), ("model", model), ("structure", structure)):
         clauses += _tag_clause(tag, value)
     return " and ".join(clauses)
 
@@ -210,7 +211,7 @@ def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run
 
 def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
                  max_density: float | None = None, dataset: str | None = None, scorer: str | None = None,
-                 model: str | None = None, top: int | None = 10) -> list[TicketRecord]:
+                 model: str | None = None, top: int | None = 10, structure: str | None = None) -> list[TicketRecord]:
     """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
     One `search_runs` query selects the tickets (filters and ranking done by MLflow); a second one
@@ -222,7 +223,8 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     if top is not None and top < 1:
         raise ConfigError(f"--top: need a positive count, got {top}")
     client = client_for(tracking_uri)
-    filters: dict[str, Any] = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model}
+    filters: dict[str, Any] = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model,
+                               "structure": structure}
     ranking = objectives.get(objectives.DEFAULT)  # across sweeps: by val_score
     if sweep is not None:
         exp_ids = [experiment_id(client, sweep)]

@@ -31,7 +31,7 @@ TAG_TICKET_ID = "ticket_id"  # Ticket.id of the trial's config
 TAG_STATUS_REASON = "status_reason"  # why a trial failed or was stopped
 PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under another by it (trial in sweep, ticket in trial)
 DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.scorer",
-              "method": "prune.method"}  # tag -> flat key it copies
+              "method": "prune.method", "structure": "prune.structure"}  # tag -> flat key it copies
 TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "test_score", "val_loss",
                   "test_loss", "best_val_acc", "val_acc_std", "test_acc_std", "level", "early_stop_iter",
                   "collapsed", "epochs", "iterations", "wall_s")

@@ -27,6 +27,7 @@ from torch import nn
 
 from trainables import config
 from trainables.pruning import masks
+from trainables.pruning import structure as structured
 from trainables.pruning.masks import Mask
 from trainables.tasks.base import Batch
 from trainables.typed import ConfigError, lookup
@@ -145,7 +146,7 @@ def score(name: str, model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[st
 
 def prune_at_init(model: nn.Module, mask: Mask, ctx: ScoreContext, *, scorer: str, density: float,
                   output: str | None, output_density: float | None, scope: str,
-                  iterations: int) -> Mask:
+                  iterations: int, structure: str = "unstructured") -> Mask:
     """Prune to `density` in `iterations` rounds of scoring, density_k = density**(k/n), k = 1..n.
 
     Each round scores the network with the current mask applied, so that iterative SynFlow sees the
@@ -160,6 +161,6 @@ def prune_at_init(model: nn.Module, mask: Mask, ctx: ScoreContext, *, scorer: st
     for k in range(1, iterations + 1):
         masks.apply_(work, current)
         scores = score(scorer, work, current, ctx)
-        current = masks.prune(scores, current, density ** (k / iterations), scope=scope, output=output,
-                              output_density=final_output ** (k / iterations))
+        current = structured.prune(scores, current, density ** (k / iterations), scope=scope, output=output,
+                                   output_density=final_output ** (k / iterations), structure=structure)
     return current
