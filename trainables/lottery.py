@@ -29,6 +29,7 @@ from trainables import seeds
 from trainables.config import ConfigError, Ticket
 from trainables.io.checkpoint import State, StateDict
 from trainables.io.maskio import load_init_mask
+from trainables.io.packing import pack
 from trainables.io.results import LevelResult, MemberResult, summarise
 from trainables.pruning import controls, schedule, scorers
 from trainables.pruning import masks as mk
@@ -190,9 +191,11 @@ class Lottery:
         self.state.epochs_total += epochs
         rows = [self._member_result(m) for m in members]
         ticket_masks = [m.mask if m.mask is not None else {} for m in self._trained]
-        return summarise(level, rows, ticket_masks, mk.layer_density(ticket_masks[0]),
-                         sorted({n for m in ticket_masks for n in mk.collapsed(m)}),
-                         epochs, end - start, time.perf_counter() - t0)
+        result = summarise(level, rows, ticket_masks, mk.layer_density(ticket_masks[0]),
+                           sorted({n for m in ticket_masks for n in mk.collapsed(m)}),
+                           epochs, end - start, time.perf_counter() - t0)
+        result.weights = pack(self._trained[0].model.state_dict(), ticket_masks[0])  # the trained ticket, for export
+        return result
 
     def _member_result(self, m: Member) -> MemberResult:
         test = self.task.evaluate(m.model, "test")

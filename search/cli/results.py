@@ -8,7 +8,7 @@ stdout unwrapped, so it pipes.
 Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
 `sqlite:///<cwd>/runs/mlflow.db`):
     best:    tracking_uri, sweep, max_density, dataset, scorer, model, structure, top, json
-    export:  tracking_uri, run_id, out
+    export:  tracking_uri, run_id, out, format
     compare: tracking_uri, run_a, run_b, json
     plot:    tracking_uri, sweep, out
 """
@@ -100,7 +100,7 @@ def best_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from search.results.export import export_ticket
 
-    out = export_ticket(args.run_id, args.out, args.tracking_uri)
+    out = export_ticket(args.run_id, args.out, args.tracking_uri, fmt=args.format)
     make_console().print(f"exported ticket {args.run_id} to {out.resolve()} "
                     f"(load it with trainables.io.ticketio.load_ticket)")
     return 0
@@ -163,6 +163,9 @@ def add_parsers(sub: Any) -> None:
     export = sub.add_parser("export", help="write a ticket run's mask, rewind weights and config to a folder")
     export.add_argument("run_id", help="the ticket run's MLflow run id")
     export.add_argument("--out", required=True, help="folder to write")
+    export.add_argument("--format", choices=("masked", "compact", "sparse"),
+                        help="also write model.pt (TorchScript) of the trained ticket: masked (pruned weights zero), "
+                             "compact (pruned channels removed) or sparse (CSR layers)")
     _tracking(export)
     export.set_defaults(handler=export_command)
     compare = sub.add_parser("compare", help="per-layer density and mask overlap of two ticket runs")

@@ -45,5 +45,6 @@ PARAM_TARGET = "target_density"
 MASK_ARTIFACT = paths.MASK_FILE  # ticket run; further replicates as paths.replicate_mask(r)
 DENSITY_ARTIFACT = paths.DENSITY_FILE  # ticket run
 REWIND_ARTIFACT = paths.REWIND_FILE  # trial run: the weights the ticket restarts from
+TRAINED_ARTIFACT = paths.TRAINED_FILE  # ticket run: its trained weights (replicate 0), kept positions only
 PLOT_DIR, PLOT_ARTIFACT = "plots", "accuracy_vs_sparsity.png"  # parent run
 PAGE = 1000  # MLflow's largest search page

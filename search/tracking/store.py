@@ -211,10 +211,14 @@ def log_ticket_run(client: MlflowClient, tracking: Tracking, *, trial_id: str, t
 
 
 def stage_mask_artifacts(folder: Path, result: LevelResult) -> None:
-    """mask.safetensors (+ one per further replicate) and density.json, written into `folder`."""
+    """mask.safetensors (+ one per further replicate), trained.safetensors and density.json, into `folder`."""
     for r, mask in enumerate(result.masks):
         name = paths.replicate_mask(r)
         maskio.save(mask, folder / name, {"level": str(result.level), "replicate": str(r)})
+    if result.weights:  # the trained ticket (replicate 0): what `export --format` turns into a network
+        blob = save_bytes({k: v.contiguous() for k, v in result.weights.items()},
+                          {"level": str(result.level), "packed": "kept positions of mask.safetensors"})
+        maskio.write_atomically(folder / S.TRAINED_ARTIFACT, blob, "trained weights")
     (folder / S.DENSITY_ARTIFACT).write_text(json.dumps(
         {"density": result.density, "layer_density": result.layer_density,
          "collapsed_layers": result.collapsed_layers}, indent=2))

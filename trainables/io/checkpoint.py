@@ -86,7 +86,8 @@ def save(state: State, folder: str | Path, config: dict[str, Any] | None = None)
         "results": [r.to_json() for r in state.results],
         **({"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}} if config else {}),
         "tensors": _split({"masks": state.masks, "rewind": state.rewind, "early_bird": state.early_bird,
-                           "result_masks": [r.masks for r in state.results], "invert": state.invert}, "t", tensors),
+                           "result_masks": [r.masks for r in state.results], "invert": state.invert,
+                           "result_weights": [r.weights for r in state.results]}, "t", tensors),
     }
     name = paths.state_tensors(state.level, len(state.results))
     write_atomically(folder / name, save_bytes(tensors), "checkpoint")  # OSError naming the file, errno kept
@@ -119,6 +120,8 @@ def load(folder: str | Path) -> State:
         results = [LevelResult.from_json(r) for r in doc["results"]]
         for r, m in zip(results, parts["result_masks"], strict=True):
             r.masks = m
+        for r, w in zip(results, parts.get("result_weights") or [{} for _ in results], strict=True):
+            r.weights = w  # checkpoints from before trained weights were kept have none
         state = State(level=int(doc["level"]), done=bool(doc["done"]), results=results, masks=parts["masks"],
                       rewind=parts["rewind"], start_iter=int(doc["start_iter"]),
                       epochs_total=float(doc["epochs_total"]), early_bird_epoch=doc["early_bird_epoch"],

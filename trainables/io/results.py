@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from trainables import paths
 from trainables.io import maskio
@@ -66,6 +68,8 @@ class LevelResult:
     margins: dict[str, dict[str, float]] = field(default_factory=dict)
     members: list[MemberResult] = field(default_factory=list)
     masks: list[Mask] = field(default_factory=list, repr=False)  # one per replicate
+    # the trained ticket (replicate 0), masked weights packed to their kept positions (trainables/io/packing.py)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def mask(self) -> Mask:
@@ -76,8 +80,9 @@ class LevelResult:
         return 1.0 - self.density
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, masks=[], weights={}))  # tensors stay out of JSON (and are not copied)
         d.pop("masks")
+        d.pop("weights")
         return d
 
     @classmethod
