@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from trainables.config import KEYS, ConfigError, Ticket
 from trainables.io import checkpoint
 from trainables.io.checkpoint import State
+from trainables.io.latency import measure_latency
 from trainables.io.results import LevelResult
 from trainables.lottery import Lottery
 from trainables.tasks.classification.datasets import DatasetMissing
@@ -34,6 +35,8 @@ QUICK_FINISH_S = 30.0  # s a failing trial waits for the tracking server: its ow
 # that actor without telling the search algorithm, whose concurrency slot is never freed, and the sweep
 # hangs. What is still queued is logged by the driver's reconciliation from the level checkpoints.
 STOPPED_FINISH_S = 1.0
+# A trial config entry (not a ticket key): measure each level's exported latency (the latency_pareto objective)
+MEASURE_LATENCY = "measure.latency"
 
 
 class Sink(Protocol):
@@ -76,7 +79,8 @@ def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
     return {"level": result.level, "density": result.density, "sparsity": 1 - result.density,
             "val_acc": result.val_acc, "val_loss": result.val_loss, "val_score": result.val_score,
             "test_acc": result.test_acc, "test_score": result.test_score, "collapsed": int(result.collapsed),
-            "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0}
+            "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0,
+            **({"latency_ms": result.latency_ms} if math.isfinite(result.latency_ms) else {})}
 
 
 def failed_metrics(flag: str, reason: str, state: State | None) -> dict[str, Any]:
@@ -119,6 +123,9 @@ def run_trial(config: Mapping[str, Any], reporter: Reporter, sink: Sink | None =
     try:
         lottery = Lottery(ticket, state=state, on_epoch=on_epoch)
         for result in lottery.run():
+            if config.get(MEASURE_LATENCY):  # before anything records the level: the sink and checkpoint carry it
+                result.latency_ms = measure_latency(ticket, lottery.task.input_shape, lottery.task.num_outputs,
+                                                    result.weights, result.mask)
             rewind = lottery.state.rewind[0] if result.level == 0 or ticket.prune.method == "init" else None
             if sink is not None:
                 sink.level(result, rewind)

@@ -52,6 +52,7 @@ class TicketRecord:
     test_acc: float
     collapsed: bool
     test_score: float = math.nan  # the task's test score (accuracy, -perplexity, mean return): shown, never ranked
+    latency_ms: float = math.nan  # the exported ticket's measured latency (objective latency_pareto)
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
 
@@ -187,7 +188,7 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         sparsity=m.get("sparsity", 1.0 - density), val_score=m.get("val_score", math.nan),
         val_acc=m.get("val_acc", math.nan), test_acc=m.get("test_acc", math.nan),
         collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}),
-        test_score=m.get("test_score", m.get("test_acc", math.nan)))
+        test_score=m.get("test_score", m.get("test_acc", math.nan)), latency_ms=m.get(S.LATENCY, math.nan))
 
 
 def _control_margins(client: MlflowClient, exp_ids: list[str], tickets: list[Run],

@@ -36,6 +36,7 @@ TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "te
                   "test_loss", "best_val_acc", "val_acc_std", "test_acc_std", "level", "early_stop_iter",
                   "collapsed", "epochs", "iterations", "wall_s")
 MARGIN_PREFIX = "margin_"  # ticket run: margin_<control>[_lo|_hi], ticket minus control test score (sanity checks)
+LATENCY = "latency_ms"  # ticket run: batch-1 CPU latency of the exported ticket (objective latency_pareto)
 MASK_INFORMATION = "mask_information"  # ticket run: 1 = the mask beats `shuffle` (95% interval above 0), else 0
 EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "level")  # trial run, per evaluation
 TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls

@@ -237,6 +237,8 @@ def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
             m.pop(k, None)
     else:
         m.update(margin_metrics(result))
+        if math.isfinite(result.latency_ms):
+            m[S.LATENCY] = result.latency_ms
     m["sparsity"] = 1.0 - m["density"]
     return m
 

@@ -19,6 +19,7 @@ from search.tracking.sink import MlflowSink
 from search.tracking.store import prepare
 from trainables.config import ConfigError, Ticket
 from trainables.io.exported import TOLERANCE
+from trainables.io.latency import measure_latency
 from trainables.io.packing import unpack
 from trainables.lottery import Lottery
 from trainables.tasks.registry import build_model
@@ -39,16 +40,19 @@ assert not any(m.split(".")[0] in ("trainables", "search") for m in sys.modules)
 def test_channel_ticket_records_margins_trained_weights_and_exports_three_ways(tmp_path: Path,
                                                                                one_thread: None) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tr = prepare(uri, "structured", str(tmp_path / "artifacts"), {"objective": "pareto"})
+    tr = prepare(uri, "structured", str(tmp_path / "artifacts"), {"objective": "latency_pareto"})
     ticket = Ticket.from_flat(CONFIG)
     sink = MlflowSink(tr)
     sink.start("t-chan", ticket.flat())
     lottery = Lottery(ticket)
-    for result in lottery.run():
+    for result in lottery.run():  # as a trial of a latency_pareto sweep does (trainables/trial.py)
+        result.latency_ms = measure_latency(ticket, lottery.task.input_shape, lottery.task.num_outputs,
+                                            result.weights, result.mask)
         sink.level(result, lottery.state.rewind[0])
     sink.finish("FINISHED")
 
-    (record,) = best_tickets(uri, sweep="structured", structure="channel")
+    (record,) = best_tickets(uri, sweep="structured", structure="channel")  # ranked by latency_pareto's front
+    assert record.latency_ms == pytest.approx(result.latency_ms) and 0 < record.latency_ms < 50
     assert best_tickets(uri, sweep="structured", structure="2:4") == []
     run = MlflowClient(uri).get_run(record.run_id)
     assert run.data.tags["structure"] == "channel"

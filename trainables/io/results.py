@@ -66,6 +66,7 @@ class LevelResult:
     advantage: dict[str, float] = field(default_factory=dict)  # ticket val_acc - control val_acc
     # ticket minus control, paired per replicate: {"<control>": {"val_mean", "val_lo", "val_hi", "test_mean", ...}}
     margins: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency_ms: float = math.nan  # the exported ticket's inference latency, when a sweep measures it (io/latency.py)
     members: list[MemberResult] = field(default_factory=list)
     masks: list[Mask] = field(default_factory=list, repr=False)  # one per replicate
     # the trained ticket (replicate 0), masked weights packed to their kept positions (trainables/io/packing.py)
