@@ -30,6 +30,7 @@ from trainables.tasks.registry import build_model
 MODELS = {"lenet300": (1, 28, 28), "vgg11": (3, 32, 32)}
 DENSITIES = (0.5, 0.2, 0.05)
 BATCHES = (1, 64)
+BLOCK_S = 0.05  # CPU seconds of dense calls per timed block
 WHY_CSR = ("torch's CSR matrix product on the CPU costs {ours_us:.0f} us per call at batch {batch} against "
            "{dense_us:.0f} us for the dense product: at density {density:g} the {nnz} kept weights are "
            "gathered by index with no vectorised dense kernel, which only pays once a layer is sparse enough")
@@ -75,9 +76,12 @@ def _macs(model: nn.Module, shape: tuple[int, ...]) -> int:
     return total
 
 
-def _time(ours: Callable[[], object], theirs: Callable[[], object], reps: int,
-          batch: int) -> tuple[float, float, float]:
-    calls = max(1, 64 // batch) * 4  # about the same work per block whatever the batch
+def _time(ours: Callable[[], object], theirs: Callable[[], object], reps: int) -> tuple[float, float, float]:
+    """Paired CPU times; each block holds about BLOCK_S of the dense side's calls (at least one)."""
+    theirs()  # warm-up, then one timed call sizes the blocks
+    start = cpu_clock()
+    theirs()
+    calls = max(1, round(BLOCK_S / max(cpu_clock() - start, 1e-6)))
     return paired(ours, theirs, reps, inner=calls, clock=cpu_clock)
 
 
@@ -98,7 +102,7 @@ def _row(number: str, name: str, fmt: str, density: float, batch: int, reps: int
                 return m(x)
         return call
 
-    ours_s, dense_s, ratio = _time(run(exported), run(dense), reps, batch)
+    ours_s, dense_s, ratio = _time(run(exported), run(dense), reps)
     why = ""
     if target is not None and ratio < target:
         if fmt == "sparse":
