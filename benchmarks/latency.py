@@ -13,6 +13,7 @@ Targets (issue 13): a channel ticket keeping 25% of the channels at least 2.5x f
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ MODELS = {"lenet300": (1, 28, 28), "vgg11": (3, 32, 32)}
 DENSITIES = (0.5, 0.2, 0.05)
 BATCHES = (1, 64)
 BLOCK_S = 0.05  # CPU seconds of dense calls per timed block
+_DENSE: dict[str, torch.jit.ScriptModule] = {}  # the dense side of each model, traced once per run
 WHY_CSR = ("torch's CSR matrix product on the CPU costs {ours_us:.0f} us per call at batch {batch} against "
            "{dense_us:.0f} us for the dense product: at density {density:g} the {nnz} kept weights are "
            "gathered by index with no vectorised dense kernel, which only pays once a layer is sparse enough")
@@ -39,7 +41,9 @@ WHY_COMPACT = ("the compact network does {flops:.0%} of the dense multiply-adds,
                "arithmetic does not hide")
 
 
+@functools.lru_cache(maxsize=4)
 def _network(name: str, structure: str, density: float) -> tuple[nn.Module, mk.Mask]:
+    """A masked network (cached: rows of one model share its dense side; nothing here modifies it)."""
     torch.manual_seed(0)
     shape = MODELS[name]
     model = build_model(Ticket.from_flat({"model.name": name}), shape, 10).eval()
@@ -91,7 +95,7 @@ def _row(number: str, name: str, fmt: str, density: float, batch: int, reps: int
     dense_model, _ = _network(name, structure, 1.0)
     model, mask = _network(name, structure, density)
     shape = MODELS[name]
-    dense = _loaded(dense_model, shape, folder, f"{name}-dense")
+    dense = _DENSE.get(name) or _DENSE.setdefault(name, _loaded(dense_model, shape, folder, f"{name}-dense"))
     exported_module = convert(model, mask, fmt, shape)
     exported = _loaded(exported_module, shape, folder, f"{name}-{fmt}-{density}")
     x = torch.randn(batch, *shape)
@@ -120,6 +124,7 @@ def _row(number: str, name: str, fmt: str, density: float, batch: int, reps: int
 def latency(reps: int) -> list[Row]:
     """The targets first (8a-8c), then the whole grid (8.1 ...): models x formats x densities x batches."""
     rows: list[Row] = []
+    _DENSE.clear()
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         folder = Path(tmp)
         rows.append(_row("8a", "vgg11", "compact", 0.25, 1, reps, folder, 2.5, "channel ticket, 25% of channels"))

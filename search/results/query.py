@@ -52,7 +52,8 @@ class TicketRecord:
     test_acc: float
     collapsed: bool
     test_score: float = math.nan  # the task's test score (accuracy, -perplexity, mean return): shown, never ranked
-    latency_ms: float = math.nan  # the exported ticket's measured latency (objective latency_pareto)
+    # the exported ticket's measured latency (objective latency_pareto); NaN when not measured, so not compared
+    latency_ms: float = field(default=math.nan, compare=False)
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
 

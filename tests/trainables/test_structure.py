@@ -122,3 +122,16 @@ def test_a_channel_search_runs_with_controls_and_early_bird(one_thread: None) ->
     for name, m in result.mask.items():
         if name != "fc3.weight":
             assert rows_whole(m), name
+
+
+def test_bn_scale_ranks_channels_by_their_batchnorm_scale() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    model[1].weight.data = torch.tensor([0.1, -3.0, 0.5, 2.0])
+    mask = mk.ones(model)
+    scores = st.bn_scale(model, mask, None)
+    assert torch.allclose(scores["0.weight"].reshape(4, -1).sum(1), torch.tensor([0.1, 3.0, 0.5, 2.0]))
+    assert torch.equal(scores["4.weight"], model[4].weight.detach().abs())  # no BatchNorm follows: |w|
+    kept = st.prune(scores, mask, 0.5, scope="layer", output="4.weight", structure="channel")["0.weight"]
+    assert kept.reshape(4, -1).all(1).tolist() == [False, True, False, True]
+    assert Ticket.from_flat({"prune.scorer": "bn_scale"}).prune.scorer == "bn_scale"

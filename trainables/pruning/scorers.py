@@ -132,6 +132,7 @@ def synflow(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.
 
 SCORERS: dict[str, Scorer] = {"magnitude": magnitude, "random": random, "snip": snip, "grasp": grasp,
                               "synflow": synflow}
+SCORERS["bn_scale"] = structured.bn_scale  # for channel tickets: each channel's BatchNorm scale
 config.register_names("prune.scorer", SCORERS)
 
 

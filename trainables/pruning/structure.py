@@ -2,8 +2,9 @@
 
 - `unstructured`: any weight (masks.prune).
 - `channel`: whole rows along a weight's first dimension: output channels of a convolution, neurons of a
-  linear layer. A row's score is the sum of the scorer over its weights (the BatchNorm scale: scorer
-  `bn_scale`). The output layer stays unstructured at its own rate: removing a row there would remove a class.
+  linear layer. A row's score is the sum of the scorer over its weights (scorer `bn_scale`: the scale of
+  the BatchNorm that follows, as in network slimming). The output layer stays unstructured at its own rate:
+  removing a row there would remove a class.
   Each layer (scope `layer`) keeps round(density * rows) rows; the global pool keeps the best-scored rows
   while their weights stay within half a row of density * pool weights: a density is exact within one row.
 - `n:m`: at most n of every m consecutive weights along the input dimension (a convolution's groups run
@@ -26,6 +27,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from trainables import config
 from trainables.pruning import masks as mk
@@ -153,6 +155,26 @@ def prune(scores: dict[str, torch.Tensor], mask: Mask, density: float, *, scope:
     if output is not None:
         new.update(mk.prune(scores, {output: mask[output]}, out_density, scope="layer"))
     return {n: new[n] for n in mask}
+
+
+def bn_scale(model: nn.Module, mask: Mask, ctx: object) -> dict[str, torch.Tensor]:
+    """Scorer `bn_scale`: |gamma| of the BatchNorm that follows a layer, spread evenly over each row (a row's sum
+    is its channel's |gamma|, the network-slimming criterion); |w| for a layer no BatchNorm follows."""
+    modules = list(model.named_modules())
+    params = dict(model.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+    for name in mask:
+        layer = name.rpartition(".")[0]
+        w = params[name].detach()
+        follows = [m for _, m in modules[[n for n, _ in modules].index(layer) + 1:]
+                   if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.Conv2d | nn.Linear)][:1]
+        bn = follows[0] if follows and isinstance(follows[0], nn.BatchNorm1d | nn.BatchNorm2d) else None
+        if bn is not None and bn.weight is not None and bn.num_features == w.shape[0]:
+            per_row = bn.weight.detach().abs() / max(w[0].numel(), 1)
+            out[name] = per_row.reshape(-1, *([1] * (w.dim() - 1))).expand_as(w).clone()
+        else:
+            out[name] = w.abs().clone()
+    return out
 
 
 # ---- controls that keep the structure --------------------------------------------------------------------
