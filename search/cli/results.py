@@ -101,8 +101,10 @@ def export_command(args: argparse.Namespace) -> int:
     from search.results.export import export_ticket
 
     out = export_ticket(args.run_id, args.out, args.tracking_uri, fmt=args.format)
+    how = (f"; model.pt is the trained {args.format} network: torch.jit.load('{out.resolve()}/model.pt')"
+           if args.format else "")
     make_console().print(f"exported ticket {args.run_id} to {out.resolve()} "
-                    f"(load it with trainables.io.ticketio.load_ticket)")
+                         f"(load it with trainables.io.ticketio.load_ticket{how})")
     return 0
 
 
