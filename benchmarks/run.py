@@ -4,7 +4,7 @@
                                              # writes benchmarks/RESULTS.md
     python -m benchmarks.run --quick         # smaller sizes, fewer repetitions: a few minutes (`make bench`);
                                              # prints the table only, unless --out names a file
-    python -m benchmarks.run --only 1,3      # some of them (numbers as in the issue: 1-7)
+    python -m benchmarks.run --only 1,3      # some of them (numbers as in the issue: 1-7; 8 = inference latency)
 
 Each benchmark times "ours" and "theirs" alternately in this one process and reports the median of the
 per-repetition ratios (benchmarks/common.py). Benchmarks 5-7 start a local Ray, an MLflow sqlite store and
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from benchmarks import engine
+from benchmarks import engine, latency
 from benchmarks.common import FULL, QUICK, Row, Sizes, machine, markdown, table
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -54,6 +54,7 @@ def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:
         "5": service("orchestration"),
         "6": service("tracking"),
         "7": service("search_efficiency"),
+        "8": lambda: latency.latency(s.latency_reps),
     }
 
 

@@ -54,6 +54,7 @@ class PruneConfig:
     scorer: str = _help(f"weight scorer: {CHOICES}", default="magnitude")
     scope: str = _help(f"rank weights across all layers or per layer: {', '.join(SCOPES)}",
                        default="global")
+    structure: str = _help("unstructured, channel (output channels/neurons) or N:M (e.g. 2:4)", default="unstructured")
     rate: float = _help("fraction of the remaining weights removed per IMP level", default=0.2)
     # None = not given: as many levels as prune.target_density needs at prune.rate (trainables/pruning/schedule.py),
     # so they follow a sampled rate; without a target, LEVELS_WITHOUT_TARGET.

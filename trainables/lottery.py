@@ -17,7 +17,6 @@ Each level's members are assembled here: the ticket per replicate seed, then eac
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,14 +26,17 @@ from torch import nn
 
 from trainables import seeds
 from trainables.config import ConfigError, Ticket
-from trainables.io.checkpoint import State, StateDict
+from trainables.io.checkpoint import State, copy_weights
 from trainables.io.maskio import load_init_mask
-from trainables.io.results import LevelResult, MemberResult, summarise
+from trainables.io.packing import pack
+from trainables.io.results import LevelResult, member_result, summarise
 from trainables.pruning import controls, schedule, scorers
 from trainables.pruning import masks as mk
+from trainables.pruning import structure as st
 from trainables.pruning.earlybird import EarlyBirdSearch
 from trainables.pruning.imp import level_mask
 from trainables.pruning.masks import refit
+from trainables.pruning.sanity import inverted
 from trainables.tasks.base import Task
 from trainables.tasks.registry import build_model, make_task
 from trainables.training import instability
@@ -109,14 +111,14 @@ class Lottery:
             for name in p.controls:
                 control, gen = controls.get(name), seeds.control_mask(seed, r, level, name)
                 model = self.new_model(seeds.control_init(seed, r, level)) if control.fresh_init else self._rewound(r)
-                others.append(Member(name, r, model, control.mask(mask, gen, output)))
+                cmask = (self.state.invert[r] if control.scored
+                         else st.control_mask(name, mask, gen, output, p.structure) or control.mask(mask, gen, output))
+                others.append(Member(name, r, model, cmask))
         return tickets + others
 
     def _twins(self, level: int) -> bool:
-        """Instability twins train at every level that starts from the rewind point: all but an IMP level 0
-        that trains through a later rewind point (it makes that point)."""
-        p = self.ticket.prune
-        return p.instability and (level > 0 or p.rewind_iter == 0)
+        """Instability twins train at every level that starts from the rewind point (level 0 only at k = 0)."""
+        return self.ticket.prune.instability and (level > 0 or self.ticket.prune.rewind_iter == 0)
 
     def _twin_task(self, replicate: int) -> Task:
         return instability.twin_task(self.task, self.ticket.data.name,
@@ -125,7 +127,7 @@ class Lottery:
     def _bn_l1(self, level: int) -> float:
         """The L1 penalty on BatchNorm scaling factors: only while the Early-Bird channel search trains."""
         p = self.ticket.prune
-        return p.eb_l1 if level == 0 and p.early_bird and p.eb_structure == "channel" else 0.0
+        return p.eb_l1 if (level, p.early_bird, p.eb_structure) == (0, True, "channel") else 0.0
 
     def _rewound(self, replicate: int) -> nn.Module:
         model = self.new_model(self.init_seed(replicate))
@@ -149,7 +151,7 @@ class Lottery:
         p = self.ticket.prune
         reps = range(p.replicates)
         models = [self.new_model(self.init_seed(r)) for r in reps]
-        self.state.rewind = [_copy(m.state_dict()) for m in models]
+        self.state.rewind = [copy_weights(m.state_dict()) for m in models]
         self.state.masks = [self._first_mask(m, r) for r, m in enumerate(models)]
         if p.method == "imp":
             return  # level 0 is trained by _train_level like any other level
@@ -160,7 +162,7 @@ class Lottery:
             end = train_members(members, self.task, self.ticket.train, start=0, stop=stop,
                                 hooks=self._hooks(0, 0, members))
             self.state.epochs_total += end / self.ipe
-            self.state.rewind = [_copy(m.model.state_dict()) for m in members]
+            self.state.rewind = [copy_weights(m.model.state_dict()) for m in members]
             self.state.start_iter = end
             if end >= self.total:
                 raise ConfigError("prune.early_bird: no Early-Bird ticket appeared within train.epochs; "
@@ -169,9 +171,13 @@ class Lottery:
         out_d = schedule.output_density_for(d, p.rate, p.output_rate)
         for r, m in enumerate(models):
             m.load_state_dict(self.state.rewind[r])
+            first = self.state.masks[r]
             self.state.masks[r] = scorers.prune_at_init(
-                m, self.state.masks[r], self._score_ctx(r), scorer=p.scorer, density=d,
-                output=self.output(m), output_density=out_d, scope=p.scope, iterations=p.iterations)
+                m, first, self._score_ctx(r), scorer=p.scorer, density=d,
+                output=self.output(m), output_density=out_d, scope=p.scope, iterations=p.iterations,
+                structure=p.structure)
+            if "invert" in p.controls:  # one-shot scores of the rewound network, as the first round saw them
+                self._draw_invert(r, scorers.score(p.scorer, m, first, self._score_ctx(r)), first, self.output(m))
         self.state.level = 1
 
     def _first_mask(self, model: nn.Module, replicate: int) -> mk.Mask:
@@ -211,14 +217,14 @@ class Lottery:
         if level == 0:
             tickets = [m for m in members if m.name == TICKET]
             if capture is not None:  # rewind point k > 0 (or the Early-Bird point if training stopped first)
-                self.state.rewind = [_copy(m.snapshot or m.model.state_dict()) for m in tickets]
+                self.state.rewind = [copy_weights(m.snapshot or m.model.state_dict()) for m in tickets]
                 self.state.start_iter = min(capture, end)
             self._trained = tickets
         else:
             self._trained = [m for m in members if m.name == TICKET]
         epochs = (end - start) / self.ipe
         self.state.epochs_total += epochs
-        rows = [self._member_result(m) for m in members if m.name != TWIN]
+        rows = [member_result(m, self.task) for m in members if m.name != TWIN]
         ticket_masks = [m.mask if m.mask is not None else {} for m in self._trained]
         result = summarise(level, rows, ticket_masks, mk.layer_density(ticket_masks[0]),
                            sorted({n for m in ticket_masks for n in mk.collapsed(m)}),
@@ -226,20 +232,8 @@ class Lottery:
         if any(m.name == TWIN for m in members):
             result.instability = instability.of_level(self.task, members, self.ticket.prune.instability_alphas)
             result.wall_s = time.perf_counter() - t0
+        result.weights = pack(self._trained[0].model.state_dict(), ticket_masks[0])  # the trained ticket, for export
         return result
-
-    def _member_result(self, m: Member) -> MemberResult:
-        test = self.task.evaluate(m.model, "test")
-        hist = m.history or [{"iteration": 0, "val_loss": math.nan, "val_acc": math.nan,
-                              "val_score": math.nan}]
-        last = hist[-1]
-        losses = [h["val_loss"] for h in hist]
-        best = min(range(len(hist)), key=lambda i: (math.isnan(losses[i]), losses[i]))
-        return MemberResult(
-            member=m.name, replicate=m.replicate, density=mk.density(m.mask) if m.mask else 1.0,
-            val_acc=last["val_acc"], test_acc=test["acc"], val_loss=last["val_loss"],
-            test_loss=test["loss"], val_score=last["val_score"], test_score=test["score"],
-            best_val_acc=max(h["val_acc"] for h in hist), early_stop_iter=int(hist[best]["iteration"]))
 
     def _after_level(self, result: LevelResult) -> None:
         """Decide whether to stop; else prune every replicate's trained ticket for the next level."""
@@ -256,8 +250,18 @@ class Lottery:
         base = self.state.results[0].masks
         for r, m in enumerate(self._trained):
             scores = scorers.score(p.scorer, m.model, self.state.masks[r], self._score_ctx(r))
-            self.state.masks[r] = level_mask(scores, self.state.masks[r], base[r], nxt, p.rate, p.output_rate,
-                                             p.scope, self.output(m.model))
+            before = self.state.masks[r]
+            self.state.masks[r] = level_mask(scores, before, base[r], nxt, p.rate, p.output_rate,
+                                             p.scope, self.output(m.model), p.structure)
+            if "invert" in p.controls:
+                self._draw_invert(r, scores, before, self.output(m.model))
+
+    def _draw_invert(self, replicate: int, scores: dict[str, torch.Tensor], candidates: mk.Mask,
+                     output: str | None) -> None:
+        """The `invert` control's mask at the new ticket's per-layer counts (trainables/pruning/sanity.py)."""
+        self.state.invert += [{}] * (replicate + 1 - len(self.state.invert))
+        self.state.invert[replicate] = inverted(scores, candidates, self.state.masks[replicate],
+                                                self.ticket.prune.structure, output)
 
     def _hooks(self, level: int, start: int, members: list[Member]) -> Hooks:
         hooks = Hooks(epoch_end=lambda epoch, it, ms: self._report(level, start, it, ms))
@@ -293,6 +297,3 @@ class Lottery:
             row[key] = sum(t[key] for t in tickets) / len(tickets)
         self.on_epoch(row)
 
-
-def _copy(sd: StateDict) -> StateDict:
-    return {k: v.detach().clone() for k, v in sd.items()}

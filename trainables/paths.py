@@ -30,6 +30,8 @@ TICKET_JSON = "ticket.json"
 MASK_FILE = "mask.safetensors"
 REWIND_FILE = "rewind.safetensors"
 DENSITY_FILE = "density.json"
+TRAINED_FILE = "trained.safetensors"  # a ticket run's trained weights, kept positions only (io/packing.py)
+MODEL_FILE = "model.pt"  # an exported network in TorchScript (ticket-search export --format)
 TICKET_FILES = (TICKET_JSON, MASK_FILE, REWIND_FILE, DENSITY_FILE)
 
 

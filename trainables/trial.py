@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from trainables.config import KEYS, ConfigError, Ticket
 from trainables.io import checkpoint
 from trainables.io.checkpoint import State
+from trainables.io.latency import measure_latency
 from trainables.io.results import LevelResult, instability_metrics
 from trainables.lottery import Lottery
 from trainables.tasks.classification.datasets import DatasetMissing
@@ -34,6 +35,8 @@ QUICK_FINISH_S = 30.0  # s a failing trial waits for the tracking server: its ow
 # that actor without telling the search algorithm, whose concurrency slot is never freed, and the sweep
 # hangs. What is still queued is logged by the driver's reconciliation from the level checkpoints.
 STOPPED_FINISH_S = 1.0
+# A trial config entry (not a ticket key): measure each level's exported latency (the latency_pareto objective)
+MEASURE_LATENCY = "measure.latency"
 
 
 class Sink(Protocol):
@@ -80,7 +83,8 @@ def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
             "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0,
             **result.stats,  # <score>_mean/_std/_n/_ci95 over replicates (trainables/stats.py)
             **{f"margin_{c}_{k}": v for c, m in result.margins.items() for k, v in m.items()},
-            **instability_metrics(result)}
+            **instability_metrics(result),
+            **({"latency_ms": result.latency_ms} if math.isfinite(result.latency_ms) else {})}
 
 
 def failed_metrics(flag: str, reason: str, state: State | None) -> dict[str, Any]:
@@ -123,6 +127,9 @@ def run_trial(config: Mapping[str, Any], reporter: Reporter, sink: Sink | None =
     try:
         lottery = Lottery(ticket, state=state, on_epoch=on_epoch)
         for result in lottery.run():
+            if config.get(MEASURE_LATENCY):  # before anything records the level: the sink and checkpoint carry it
+                result.latency_ms = measure_latency(ticket, lottery.task.input_shape, lottery.task.num_outputs,
+                                                    result.weights, result.mask)
             rewind = lottery.state.rewind[0] if result.level == 0 or ticket.prune.method == "init" else None
             if sink is not None:
                 sink.level(result, rewind)

@@ -7,10 +7,10 @@ stdout unwrapped, so it pipes.
 
 Namespace attributes read (all from `add_parsers`; `tracking_uri=None` means MLFLOW_TRACKING_URI or
 `sqlite:///<cwd>/runs/mlflow.db`):
-    best:    tracking_uri, sweep, max_density, dataset, scorer, model, top, json, rank, confirmed, register
-    export:  tracking_uri, run_id, out
+    best:    tracking_uri, sweep, max_density, dataset, scorer, model, structure, top, json, rank, confirmed,
+             register
+    export:  tracking_uri, run_id, out, format
     compare: tracking_uri, run_a, run_b, json
-    confirm: tracking_uri, run_id, seeds, out
     plot:    tracking_uri, sweep, out
 """
 
@@ -126,7 +126,7 @@ def best_command(args: argparse.Namespace) -> int:
 
     records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
                            dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top,
-                           rank=args.rank, confirmed=args.confirmed)
+                           rank=args.rank, confirmed=args.confirmed, structure=args.structure)
     if getattr(args, "register", None) and records:
         from search.results.register import register_best
 
@@ -176,9 +176,11 @@ def separation_line(records: list[TicketRecord], confirmed: bool = False) -> str
 def export_command(args: argparse.Namespace) -> int:
     from search.results.export import export_ticket
 
-    out = export_ticket(args.run_id, args.out, args.tracking_uri)
+    out = export_ticket(args.run_id, args.out, args.tracking_uri, fmt=args.format)
+    how = (f"; model.pt is the trained {args.format} network: torch.jit.load('{out.resolve()}/model.pt')"
+           if args.format else "")
     make_console().print(f"exported ticket {args.run_id} to {out.resolve()} "
-                    f"(load it with trainables.io.ticketio.load_ticket)")
+                         f"(load it with trainables.io.ticketio.load_ticket{how})")
     return 0
 
 
@@ -228,28 +230,6 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def confirm_command(args: argparse.Namespace) -> int:
-    from search.results.confirm import confirm_ticket
-    from search.results.uncertainty import plus_minus
-
-    console = make_console()
-    console.print(f"confirming ticket {args.run_id} on {args.seeds} new seed(s), one after another ...")
-
-    def on_seed(seed: int, r: Any) -> None:
-        margins = "  ".join(f"{c} {100 * (r.val_score - v['val_score']):+.1f}" for c, v in r.controls.items())
-        console.print(f"seed {seed}: level {r.level}  density {_pct(r.density, 1)}  val {_pct(r.val_score, 1)}  "
-                      f"test {_pct(r.test_score, 1)}  {margins}")
-
-    c = confirm_ticket(args.run_id, args.seeds, args.tracking_uri, out=args.out, on_seed=on_seed)
-    parts = [f"val {plus_minus(c.summary('val_score'))}", f"test {plus_minus(c.summary('test_score'))}"]
-    for control in c.results[0].controls:
-        parts.append(f"vs {control} {plus_minus(c.margin(control), signed=True)} (paired)")
-    console.print(f"confirmed over {len(c.seeds)} seeds (mean ± 95% half-width, points): " + "; ".join(parts))
-    console.print(f"logged to ticket run {c.run_id} (tag confirmed=true) with {len(c.child_run_ids)} child runs; "
-                  "`ticket-search best --confirmed` lists it")
-    return 0
-
-
 def _tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db)")
@@ -263,6 +243,7 @@ def add_parsers(sub: Any) -> None:
     best.add_argument("--dataset", help="only tickets on this dataset")
     best.add_argument("--scorer", help="only tickets found with this scorer")
     best.add_argument("--model", help="only tickets of this model")
+    best.add_argument("--structure", help="only tickets of this prune.structure (unstructured, channel, 2:4, ...)")
     best.add_argument("--top", type=int, default=10, help="how many to show (default 10)")
     best.add_argument("--json", action="store_true", help="print JSON instead of a table")
     best.add_argument("--rank", default="mean", choices=("mean", "lcb"),
@@ -276,6 +257,9 @@ def add_parsers(sub: Any) -> None:
     export = sub.add_parser("export", help="write a ticket run's mask, rewind weights and config to a folder")
     export.add_argument("run_id", help="the ticket run's MLflow run id")
     export.add_argument("--out", required=True, help="folder to write")
+    export.add_argument("--format", choices=("masked", "compact", "sparse"),
+                        help="also write model.pt (TorchScript) of the trained ticket: masked (pruned weights zero), "
+                             "compact (pruned channels removed) or sparse (CSR layers)")
     _tracking(export)
     export.set_defaults(handler=export_command)
     compare = sub.add_parser("compare", help="per-layer density and mask overlap of two ticket runs")
@@ -284,12 +268,6 @@ def add_parsers(sub: Any) -> None:
     compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _tracking(compare)
     compare.set_defaults(handler=compare_command)
-    confirm = sub.add_parser("confirm", help="retrain a ticket's search on new seeds: confirmed mean, interval")
-    confirm.add_argument("run_id", help="the ticket run's MLflow run id (from `best`)")
-    confirm.add_argument("--seeds", type=int, default=3, help="how many new seeds (default 3)")
-    confirm.add_argument("--out", help="also write each seed's results.json and masks under OUT/seed_<S>/")
-    _tracking(confirm)
-    confirm.set_defaults(handler=confirm_command)
     plot = sub.add_parser("plot", help="score against weights remaining, ticket and controls with intervals (PNG)")
     plot.add_argument("--sweep", required=True, help="the sweep (experiment) name")
     plot.add_argument("--out", help="PNG file (default <tracking root>/plots/<sweep>.png)")

@@ -55,6 +55,8 @@ class TicketRecord:
     test_score: float = math.nan  # the task's test score (accuracy, -perplexity, mean return): shown, never ranked
     instability: float | None = None  # validation error barrier (prune.instability), None when not measured
     score_meaning: str = ""  # what the scores measure, as the writer tagged it ("" on runs from before the tag)
+    # the exported ticket's measured latency (objective latency_pareto); NaN when not measured, so not compared
+    latency_ms: float = field(default=math.nan, compare=False)
     flat: dict[str, str] = field(default_factory=dict, hash=False)
     controls: dict[str, float] = field(default_factory=dict, hash=False)
     # Over replicates (search/results/uncertainty.py): `val_score_mean/_std/_n/_ci95` ..., the paired margins
@@ -189,7 +191,7 @@ def _tag_clause(tag: str, value: str | None) -> list[str]:
 
 def ticket_filter(*, max_density: float | None = None, dataset: str | None = None,
                   scorer: str | None = None, model: str | None = None, controls: bool = False,
-                  max_instability: float | None = None) -> str:
+                  max_instability: float | None = None, structure: str | None = None) -> str:
     """The filter string of the "best tickets" query (MLflow filters know `and` only); with
     `controls=True` the same filters select the control runs instead (controls measure no instability)."""
     member = f"!= '{S.MEMBER_TICKET}'" if controls else f"= '{S.MEMBER_TICKET}'"
@@ -200,7 +202,7 @@ def ticket_filter(*, max_density: float | None = None, dataset: str | None = Non
         clauses.append(f"metrics.density <= {float(max_density)!r}")
     if max_instability is not None and not controls:
         clauses.append(f"metrics.{S.INSTABILITY_METRICS[0]} <= {float(max_instability)!r}")
-    for tag, value in (("dataset", dataset), ("scorer", scorer), ("model", model)):
+    for tag, value in (("dataset", dataset), ("scorer", scorer), ("model", model), ("structure", structure)):
         clauses += _tag_clause(tag, value)
     return " and ".join(clauses)
 
@@ -216,13 +218,14 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         collapsed=bool(m.get("collapsed", 0.0)), flat=dict(run.data.params), controls=dict(controls or {}),
         test_score=m.get("test_score", m.get("test_acc", math.nan)), score_meaning=tags.get(S.TAG_SCORE, ""),
         instability=m.get("instability_val"), stats=uncertainty.stats_of(m), margins=uncertainty.margins_of(m),
-        confirmed=uncertainty.confirmed_of(m) if tags.get(S.CONFIRMED) == "true" else {})
+        confirmed=uncertainty.confirmed_of(m) if tags.get(S.CONFIRMED) == "true" else {},
+        latency_ms=m.get(S.LATENCY, math.nan))
 
 
 def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
                  max_density: float | None = None, dataset: str | None = None, scorer: str | None = None,
                  model: str | None = None, top: int | None = 10, rank: str = "mean",
-                 confirmed: bool = False) -> list[TicketRecord]:
+                 confirmed: bool = False, structure: str | None = None) -> list[TicketRecord]:
     """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
     On a database store one query of three columns ranks the tickets (search/results/sqlfetch.py); elsewhere
@@ -239,7 +242,8 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     if top is not None and top < 1:
         raise ConfigError(f"--top: need a positive count, got {top}")
     client = client_for(tracking_uri)
-    filters: dict[str, Any] = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model}
+    filters: dict[str, Any] = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model,
+                               "structure": structure}
     ranking = objectives.get(objectives.DEFAULT)  # across sweeps: by val_score
     if sweep is not None:
         exp_ids = [experiment_id(client, sweep)]
@@ -256,14 +260,19 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
         raise ConfigError(f"--rank: sweep '{sweep}' ranks by a Pareto front (of means); valid here: mean")
     resort = rank != "mean" or (confirmed and not ranking.whole)
     where = ticket_filter(**filters) + (f" and tags.{S.CONFIRMED} = 'true'" if confirmed else "")  # checks values
-    plain = not (confirmed or resort or filters.get("max_instability") is not None)
+    # The fast paths rank (val_score, sparsity) alone: not a stability bound, a confirmed or resorted ranking, or
+    # the latency front (whose tickets are read whole and ranked here).
+    latency = "latency_ms" in ranking.metrics
+    plain = not (confirmed or resort or latency or filters.get("max_instability") is not None)
     light = sqlfetch.points(tracking_uri or default_tracking_uri(), exp_ids, filters,
                             top=None if ranking.whole else top) if plain else None
     if light is not None:  # a database store: rank three columns, then read the runs shown
         front = objectives.pareto_front([fetch.Point(*p) for p in light]) if ranking.whole else light
         runs = sqlfetch.runs_by_id(client, exp_ids, [p[0] for p in front])
-    elif ranking.whole:  # a front: only its candidates are read, never the dominated bulk
+    elif ranking.whole and not latency:  # a front: only its candidates are read, never the dominated bulk
         runs = fetch.front_candidates(client, exp_ids, where)
+    elif latency:
+        runs = store.search_all(client, exp_ids, where, order_by=["metrics.val_score DESC"])
     else:
         runs = store.search_all(client, exp_ids, where, order_by=["metrics.val_score DESC"],
                                 limit=None if resort else top)

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from search.tracking import schema as S
 
 DB_SCHEMES = ("sqlite:", "postgresql", "mysql", "mssql")  # MLflow's database-backed tracking URIs
-TAG_FILTERS = ("dataset", "scorer", "model")  # the describing tags `best` filters on
+TAG_FILTERS = ("dataset", "scorer", "model", "structure")  # the describing tags `best` filters on
 
 
 def is_database(uri: str) -> bool:

@@ -7,11 +7,12 @@ An objective carries everything the service asks of it, so no code compares obje
 - `targets_density`: it aims at `[objective] target_density`, so a sweep's best tickets are those at it;
 - `rank`/`whole`: how its best tickets are ranked (`best`, the closing summary), and whether the ranking
   needs every ticket (a Pareto front cannot be cut to the top N).
-An objective is one entry of `OBJECTIVES`.
+An objective is one entry of `OBJECTIVES`. `latency_pareto` trades the validation score against the measured
+batch-1 CPU latency of each level's exported ticket (trainables/io/latency.py), beside `pareto`'s sparsity.
 
 Example:
-    >>> get("pareto").metrics, get("accuracy_at_density").targets_density
-    (('val_score', 'sparsity'), True)
+    >>> get("pareto").metrics, get("accuracy_at_density").targets_density, get("latency_pareto").modes
+    (('val_score', 'sparsity'), True, ('max', 'min'))
 """
 
 from __future__ import annotations
@@ -69,6 +70,30 @@ def pareto_front(records: Iterable[P]) -> list[P]:
     return sorted(front, key=lambda r: (r.sparsity, -r.val_score))
 
 
+class Timed(Point, Protocol):
+    @property
+    def latency_ms(self) -> float: ...
+
+
+T = TypeVar("T", bound=Timed)
+
+
+def latency_front(records: Iterable[T]) -> list[T]:
+    """Non-dominated records over (val_score max, latency_ms min), fastest first; records without a finite
+    val_score or latency are left out, equal points all kept."""
+    pool = [r for r in records if math.isfinite(r.val_score) and math.isfinite(r.latency_ms)]
+    pool.sort(key=lambda r: (r.latency_ms, -r.val_score))
+    front: list[T] = []
+    best = -math.inf  # best val_score among strictly faster records
+    for latency in dict.fromkeys(r.latency_ms for r in pool):
+        group = [r for r in pool if r.latency_ms == latency]
+        top = group[0].val_score
+        if top > best:
+            front += [r for r in group if r.val_score == top]
+            best = top
+    return front
+
+
 def _by_score(records: Sequence[P]) -> list[P]:
     """Best validation score first: the order MLflow's query already returns them in."""
     return list(records)
@@ -97,6 +122,7 @@ class Objective:
     rank: Callable[[Sequence[Any]], list[Any]]  # tickets (Points), best val_score first -> its ranking
     whole: bool  # the ranking needs every ticket (a front is never cut to the top N)
     title: str  # `best --sweep NAME`'s table title; {sweep} is the name
+    measures_latency: bool = False  # trials time each level's exported ticket (metric latency_ms)
 
 
 OBJECTIVES: dict[str, Objective] = {
@@ -108,6 +134,11 @@ OBJECTIVES: dict[str, Objective] = {
         metrics=("val_score", "sparsity"), modes=("max", "max"), samplers=("tpe", "nsga2", "random"),
         described="objective pareto", check=_no_check, targets_density=False, rank=pareto_front, whole=True,
         title="Pareto front of '{sweep}' (val score vs sparsity)"),
+    "latency_pareto": Objective(
+        metrics=("val_score", "latency_ms"), modes=("max", "min"), samplers=("tpe", "nsga2", "random"),
+        described="objective latency_pareto", check=_no_check, targets_density=False, rank=latency_front,
+        whole=True, title="Pareto front of '{sweep}' (val score vs exported latency, batch 1, CPU)",
+        measures_latency=True),
 }
 
 

@@ -31,7 +31,7 @@ TAG_SCORE = "score"  # what val_score measures: accuracy, -perplexity, mean retu
 TAG_STATUS_REASON = "status_reason"  # why a trial failed or was stopped
 PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under another by it (trial in sweep, ticket in trial)
 DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.scorer",
-              "method": "prune.method"}  # tag -> flat key it copies
+              "method": "prune.method", "structure": "prune.structure"}  # tag -> flat key it copies
 TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "test_score", "val_loss",
                   "test_loss", "best_val_acc", "val_acc_std", "test_acc_std", "level", "early_stop_iter",
                   "collapsed", "epochs", "iterations", "wall_s")
@@ -48,6 +48,8 @@ def margin_metric(control: str, name: str) -> str:
     """`margin_<control>_<name>` (a ticket run), or `margin_<name>` with control "" (a control's own run)."""
     return f"{MARGIN}_{control}_{name}" if control else f"{MARGIN}_{name}"
 CONTROL_SCORE = "val_score_{control}"  # ticket-run metric: each control's val_score, so margins need no query
+LATENCY = "latency_ms"  # ticket run: batch-1 CPU latency of the exported ticket (objective latency_pareto)
+MASK_INFORMATION = "mask_information"  # ticket run: 1 = the mask beats `shuffle` (95% interval above 0), else 0
 EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "level")  # trial run, per evaluation
 TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
 PARAM_OBJECTIVE = "objective"  # parent-run params the queries read back (search/results/query.py)
@@ -60,5 +62,6 @@ DENSITY_ARTIFACT = paths.DENSITY_FILE  # ticket run
 REWIND_ARTIFACT = paths.REWIND_FILE  # trial run: the weights the ticket restarts from
 PICTURE_ARTIFACT = "layer_density.svg"  # ticket run and its logged model: per-layer density, a bar chart
 TAG_REWIND = "rewind_weights"  # logged-model tag: runs:/<trial run>/<REWIND_ARTIFACT>, the weights it restarts from
+TRAINED_ARTIFACT = paths.TRAINED_FILE  # ticket run: its trained weights (replicate 0), kept positions only
 PLOT_DIR, PLOT_ARTIFACT = "plots", "score_vs_density.png"  # parent run (search/results/plot.py)
 PAGE = 1000  # MLflow's largest search page

@@ -14,6 +14,7 @@ so a run that is not FINISHED is half-logged (its writer died) and is replaced.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -231,26 +232,33 @@ def log_ticket_run(client: MlflowClient, tracking: Tracking, *, trial_id: str, t
 
 
 def stage_mask_artifacts(folder: Path, result: LevelResult) -> None:
-    """mask.safetensors (+ one per further replicate) and density.json, written into `folder`."""
+    """mask.safetensors (+ one per further replicate), trained.safetensors and density.json, into `folder`."""
     from trainables.io import maskio
 
     for r, mask in enumerate(result.masks):
         name = paths.replicate_mask(r)
         maskio.save(mask, folder / name, {"level": str(result.level), "replicate": str(r)})
+    if result.weights:  # the trained ticket (replicate 0): what `export --format` turns into a network
+        from safetensors.torch import save as save_bytes
+
+        blob = save_bytes({k: v.contiguous() for k, v in result.weights.items()},
+                          {"level": str(result.level), "packed": "kept positions of mask.safetensors"})
+        maskio.write_atomically(folder / S.TRAINED_ARTIFACT, blob, "trained weights")
     (folder / S.DENSITY_ARTIFACT).write_text(json.dumps(
         {"density": result.density, "layer_density": result.layer_density,
          "collapsed_layers": result.collapsed_layers}, indent=2))
 
 
 def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
-    """The metric row of a ticket run (with its statistics over replicates and its paired margins over each
-    control); a control's run carries the control's own scores and its paired margin."""
+    """The metric row of a ticket run (with its statistics over replicates, its paired margins over each
+    control, the sanity-check verdict, instability and latency where measured); a control's run carries the
+    control's own scores and its paired margin."""
+    from trainables.io.results import instability_metrics, mask_information  # torch: not at import
+
     m = {k: float(getattr(result, k)) for k in S.TICKET_METRICS
          if k not in ("sparsity", "collapsed") and hasattr(result, k)}
     m["collapsed"] = float(result.collapsed)
     if member == S.MEMBER_TICKET:
-        from trainables.io.results import instability_metrics  # torch: not at import (queries use this module)
-
         m.update(instability_metrics(result))
         m.update(result.stats)  # <score>_mean/_std/_n/_ci95 over replicates (trainables/stats.py)
         for control, margin in result.margins.items():
@@ -258,6 +266,11 @@ def ticket_metrics(result: LevelResult, member: str) -> dict[str, float]:
         # the controls' scores beside the ticket's: a query reads margins off one run
         m.update({S.CONTROL_SCORE.format(control=c): float(v["val_score"]) for c, v in result.controls.items()
                   if "val_score" in v})
+        verdict = mask_information(result)  # NaN (no shuffle control, one replicate): MLflow has no missing value
+        if math.isfinite(verdict):
+            m[S.MASK_INFORMATION] = verdict
+        if math.isfinite(result.latency_ms):
+            m[S.LATENCY] = result.latency_ms
     else:
         c = result.controls[member]
         m.update({k: float(v) for k, v in c.items()})

@@ -25,6 +25,7 @@ from search.sweep.file import Sweep
 from search.sweep.space import Dim, bound
 from search.tune import algorithms
 from search.tune.searcher import TicketOptunaSearch
+from trainables.trial import MEASURE_LATENCY
 
 
 def optuna_storage(url_or_path: str) -> optuna.storages.BaseStorage:
@@ -78,7 +79,10 @@ def suggest(trial: optuna.Trial, dim: Dim) -> Any:
 def param_space(sweep: Sweep) -> dict[str, Any]:
     """Ray's param_space: the base ticket as constants; Optuna's define-by-run values override them per
     trial, and the trial reads the merged dict (`trainables.trial.trial_ticket`)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sweep.base.flat().items()}
+    space = {k: list(v) if isinstance(v, tuple) else v for k, v in sweep.base.flat().items()}
+    if objectives.get(sweep.objective).measures_latency:
+        space[MEASURE_LATENCY] = True  # trials time each level's exported ticket (trainables/io/latency.py)
+    return space
 
 
 class SearchSpace:

@@ -45,6 +45,7 @@ class State:
     epochs_total: float = 0.0  # epochs trained so far, all levels and members' shared passes
     early_bird_epoch: int | None = None
     early_bird: dict[str, Any] | None = None  # EarlyBird.state_dict()
+    invert: list[Mask] = field(default_factory=list)  # per replicate: the `invert` control's next mask
 
 
 class CheckpointError(ConfigError):
@@ -85,7 +86,8 @@ def save(state: State, folder: str | Path, config: dict[str, Any] | None = None)
         "results": [r.to_json() for r in state.results],
         **({"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}} if config else {}),
         "tensors": _split({"masks": state.masks, "rewind": state.rewind, "early_bird": state.early_bird,
-                           "result_masks": [r.masks for r in state.results]}, "t", tensors),
+                           "result_masks": [r.masks for r in state.results], "invert": state.invert,
+                           "result_weights": [r.weights for r in state.results]}, "t", tensors),
     }
     name = paths.state_tensors(state.level, len(state.results))
     write_atomically(folder / name, save_bytes(tensors), "checkpoint")  # OSError naming the file, errno kept
@@ -118,10 +120,12 @@ def load(folder: str | Path) -> State:
         results = [LevelResult.from_json(r) for r in doc["results"]]
         for r, m in zip(results, parts["result_masks"], strict=True):
             r.masks = m
+        for r, w in zip(results, parts.get("result_weights") or [{} for _ in results], strict=True):
+            r.weights = w  # checkpoints from before trained weights were kept have none
         state = State(level=int(doc["level"]), done=bool(doc["done"]), results=results, masks=parts["masks"],
                       rewind=parts["rewind"], start_iter=int(doc["start_iter"]),
                       epochs_total=float(doc["epochs_total"]), early_bird_epoch=doc["early_bird_epoch"],
-                      early_bird=parts["early_bird"])
+                      early_bird=parts["early_bird"], invert=parts.get("invert") or [])
         _check(state)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, SafetensorError) as e:
         why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
@@ -134,7 +138,7 @@ def _check(state: State) -> None:
     not as a shape error deep inside training."""
     if len(state.masks) != len(state.rewind):
         raise ValueError(f"{len(state.masks)} masks for {len(state.rewind)} replicates")
-    masks = [*state.masks, *(m for r in state.results for m in r.masks)]
+    masks = [*state.masks, *state.invert, *(m for r in state.results for m in r.masks)]
     for mask in masks:
         for name, m in mask.items():
             weights = state.rewind[0].get(name) if state.rewind else None
@@ -143,3 +147,8 @@ def _check(state: State) -> None:
             if weights is None or tuple(weights.shape) != tuple(m.shape):
                 shape = None if weights is None else list(weights.shape)
                 raise ValueError(f"mask of {name!r} has shape {list(m.shape)}, the weights {shape}")
+
+
+def copy_weights(sd: StateDict) -> StateDict:
+    """A detached copy of a state dict (a rewind point that later training cannot change)."""
+    return {k: v.detach().clone() for k, v in sd.items()}

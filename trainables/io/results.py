@@ -8,14 +8,18 @@ the names are trainables/paths.py's.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from trainables import paths, stats
 from trainables.io import maskio
-from trainables.pruning.masks import Mask
-from trainables.training.members import TICKET
+from trainables.pruning.masks import Mask, density
+from trainables.tasks.base import Task
+from trainables.training.members import TICKET, Member
 
 
 @dataclass
@@ -64,11 +68,14 @@ class LevelResult:
     stats: dict[str, float] = field(default_factory=dict)
     # control -> paired margins, replicate r's ticket minus replicate r's control: `val_score_mean` ...
     margins: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency_ms: float = math.nan  # the exported ticket's inference latency, when a sweep measures it (io/latency.py)
     members: list[MemberResult] = field(default_factory=list)
     masks: list[Mask] = field(default_factory=list, repr=False)  # one per replicate
     # prune.instability: {"val", "test": error barriers, means over replicates; "val_per_replicate",
     # "test_per_replicate"; "alpha", "val_error", "test_error": replicate 0's path} (training/instability.py)
     instability: dict[str, Any] = field(default_factory=dict)
+    # the trained ticket (replicate 0), masked weights packed to their kept positions (trainables/io/packing.py)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def mask(self) -> Mask:
@@ -79,8 +86,9 @@ class LevelResult:
         return 1.0 - self.density
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, masks=[], weights={}))  # tensors stay out of JSON (and are not copied)
         d.pop("masks")
+        d.pop("weights")
         return d
 
     @classmethod
@@ -88,6 +96,20 @@ class LevelResult:
         d = dict(d)
         d["members"] = [MemberResult(**m) for m in d.get("members", [])]
         return cls(**d)
+
+
+def member_result(m: Member, task: Task) -> MemberResult:
+    """A trained member's final metrics: validation from its last evaluation, test evaluated now."""
+    test = task.evaluate(m.model, "test")
+    hist = m.history or [{"iteration": 0, "val_loss": math.nan, "val_acc": math.nan, "val_score": math.nan}]
+    last = hist[-1]
+    losses = [h["val_loss"] for h in hist]
+    best = min(range(len(hist)), key=lambda i: (math.isnan(losses[i]), losses[i]))
+    return MemberResult(
+        member=m.name, replicate=m.replicate, density=density(m.mask) if m.mask else 1.0,
+        val_acc=last["val_acc"], test_acc=test["acc"], val_loss=last["val_loss"],
+        test_loss=test["loss"], val_score=last["val_score"], test_score=test["score"],
+        best_val_acc=max(h["val_acc"] for h in hist), early_stop_iter=int(hist[best]["iteration"]))
 
 
 def instability_metrics(result: LevelResult) -> dict[str, float]:
@@ -142,6 +164,16 @@ def summarise(level: int, members: list[MemberResult], masks: list[Mask], layer_
         epochs=epochs, iterations=iterations, wall_s=wall_s, controls=controls,
         advantage={c: ticket_val - v["val_acc"] for c, v in controls.items()},
         stats=summary, margins=margins, members=members, masks=masks)
+
+
+def mask_information(result: LevelResult) -> float:
+    """Whether the ticket's mask carries per-weight information: 1.0 when its test-score margin over `shuffle`
+    (paired per replicate) has a 95% interval above 0, 0.0 when the interval reaches 0 or below, NaN without
+    `shuffle` or with one replicate (no interval, no verdict)."""
+    margin = stats.Summary.from_flat(result.margins.get("shuffle", {}), "test_score")
+    if margin is None or margin.ci95 is None:
+        return math.nan
+    return 1.0 if margin.low > 0 else 0.0
 
 
 def write_results(out: Path, config: dict[str, Any], levels: list[LevelResult],

@@ -67,7 +67,7 @@ def load_rewind(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"{path}: not a valid safetensors file ({' '.join(str(e).split())})") from None
 
 
-def _check_mask(mask: mk.Mask, model: nn.Module, path: Path) -> None:
+def check_mask(mask: mk.Mask, model: nn.Module, path: Path) -> None:
     params = dict(model.named_parameters())
     for name, m in mask.items():
         if name not in params:
@@ -92,7 +92,7 @@ def load_ticket(folder: str | Path, device: str | torch.device = "cpu") -> tuple
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"{folder / REWIND_FILE}: does not fit model {ticket.model.name} ({first})") from None
     mask = maskio.load(folder / MASK_FILE)
-    _check_mask(mask, model, folder / MASK_FILE)
+    check_mask(mask, model, folder / MASK_FILE)
     model.to(device)
     mask = {n: m.to(device) for n, m in mask.items()}
     mk.apply_(model, mask)

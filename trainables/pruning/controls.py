@@ -3,7 +3,9 @@ layer-wise density?" (DESIGN.md section 6).
 
 - `reinit`: the ticket's mask on a fresh random initialisation (new seed per level);
 - `shuffle`: the ticket's mask permuted within each layer (same per-layer counts), ticket weights;
-- `random`: a random mask at the ticket's global density, ticket weights.
+- `random`: a random mask at the ticket's global density, ticket weights;
+- `invert`: the lowest-scored weights at the ticket's per-layer counts, ticket weights (the pruning-at-init
+  sanity check, trainables/pruning/sanity.py): its mask is drawn by the lottery from the ticket's scores.
 
 A control is a pure mask function (trainables/pruning/masks.py) plus whether it starts from fresh weights:
 one `Control` in `CONTROLS`, whose names register themselves as `prune.controls`' valid values. The
@@ -36,12 +38,14 @@ class Control:
 
     mask: Callable[[Mask, torch.Generator, str | None], Mask]
     fresh_init: bool = False
+    scored: bool = False  # its mask comes from the scores that drew the ticket (the lottery keeps it)
 
 
 CONTROLS: dict[str, Control] = {
     "reinit": Control(lambda mask, gen, output: mask, fresh_init=True),
     "shuffle": Control(lambda mask, gen, output: mk.shuffle(mask, gen)),
     "random": Control(lambda mask, gen, output: mk.random_like(mask, gen, output=output)),
+    "invert": Control(lambda mask, gen, output: mask, scored=True),  # mask: State.invert, drawn with the ticket
 }
 config.register_names("prune.controls", CONTROLS)
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from trainables.config import PruneConfig
-from trainables.pruning import masks, schedule
+from trainables.pruning import masks, schedule, structure
 from trainables.pruning.masks import Mask
 from trainables.typed import ConfigError, in_range
 
@@ -120,7 +120,8 @@ class EarlyBirdSearch:
         pool_d = self.density
         if p.method == "init" and output in mask:  # the target counts every prunable weight
             pool_d = schedule.pool_density(self.density, out_d, mask[output].numel() / masks.counts(mask)[1])
-        return masks.prune(scores, mask, pool_d, scope=p.scope, output=output, output_density=out_d)
+        return structure.prune(scores, mask, pool_d, scope=p.scope, output=output, output_density=out_d,
+                               structure=p.structure)
 
     def update(self, replicates: list[tuple[nn.Module, Mask]]) -> bool:
         """Add each replicate's newest mask; True when all of them are settled."""

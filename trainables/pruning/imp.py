@@ -11,20 +11,22 @@ import torch
 
 from trainables.pruning import masks as mk
 from trainables.pruning import schedule
+from trainables.pruning import structure as st
 from trainables.pruning.masks import Mask
 
 
 def level_mask(scores: dict[str, torch.Tensor], mask: Mask, base: Mask, level: int, rate: float,
-               output_rate: float, scope: str, output: str | None) -> Mask:
+               output_rate: float, scope: str, output: str | None, structure: str = "unstructured") -> Mask:
     """Mask of IMP level `level`: density base * (1-rate)^level, exact counts, output at its own rate."""
     pool_d, out_d = schedule.level_densities(rate, output_rate, level)
     out_base = mk.density({output: base[output]}) if output in base else 1.0
     if scope == "global":
         pool = {n: b for n, b in base.items() if n != output}
-        return mk.prune(scores, mask, mk.density(pool) * pool_d, scope="global", output=output,
-                        output_density=out_base * out_d)
+        return st.prune(scores, mask, mk.density(pool) * pool_d, scope="global", output=output,
+                        output_density=out_base * out_d, structure=structure)
     new: Mask = {}
     for name in mask:  # layerwise: each layer keeps base_layer_density * (1-rate)^level
         d = out_base * out_d if name == output else mk.density({name: base[name]}) * pool_d
-        new.update(mk.prune({name: scores[name]}, {name: mask[name]}, d, scope="layer"))
+        new.update(st.prune({name: scores[name]}, {name: mask[name]}, d, scope="layer",
+                            output=name if name == output else None, structure=structure))
     return new

@@ -30,6 +30,7 @@ from torch import nn
 
 from trainables import config
 from trainables.pruning import masks, schedule
+from trainables.pruning import structure as structured
 from trainables.pruning.masks import Mask
 from trainables.tasks.base import Batch
 from trainables.typed import ConfigError, lookup
@@ -138,6 +139,7 @@ def synflow(model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[str, torch.
 
 SCORERS: dict[str, Scorer] = {"magnitude": magnitude, "random": random, "snip": snip, "grasp": grasp,
                               "synflow": synflow}
+SCORERS["bn_scale"] = structured.bn_scale  # for channel tickets: each channel's BatchNorm scale
 config.register_names("prune.scorer", SCORERS)
 DATA_SCORERS = frozenset({"snip", "grasp"})  # the scorers that read ScoreContext.batches
 
@@ -153,7 +155,7 @@ def score(name: str, model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[st
 
 def prune_at_init(model: nn.Module, mask: Mask, ctx: ScoreContext, *, scorer: str, density: float,
                   output: str | None, output_density: float | None, scope: str,
-                  iterations: int) -> Mask:
+                  iterations: int, structure: str = "unstructured") -> Mask:
     """Prune to `density` of all entries of `mask` in `iterations` rounds of scoring, density_k =
     density**(k/n), k = 1..n. A named `output` layer ranks alone and reaches `output_density` (None: the
     same as `density`) by the same schedule; the other layers keep what makes the whole `density_k`.
@@ -174,5 +176,6 @@ def prune_at_init(model: nn.Module, mask: Mask, ctx: ScoreContext, *, scorer: st
         scores = score(scorer, work, current, ctx)
         out_k = final_output ** (k / iterations)
         pool_k = schedule.pool_density(density ** (k / iterations), out_k, share)
-        current = masks.prune(scores, current, pool_k, scope=scope, output=output, output_density=out_k)
+        current = structured.prune(scores, current, pool_k, scope=scope, output=output, output_density=out_k,
+                                   structure=structure)
     return current

@@ -1,0 +1,85 @@
+"""A structured ticket with sanity controls, through a real MLflow store: its margins, its trained weights,
+`best --structure`, and `export --format masked|compact|sparse` reloaded by plain torch in another process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from search.results.export import export_ticket
+from search.results.query import best_tickets
+from search.tracking import schema as S
+from search.tracking.sink import MlflowSink
+from search.tracking.store import prepare
+from trainables.config import ConfigError, Ticket
+from trainables.io.exported import TOLERANCE
+from trainables.io.latency import measure_latency
+from trainables.io.packing import unpack
+from trainables.lottery import Lottery
+from trainables.tasks.registry import build_model
+
+CONFIG = {"model.name": "mlp", "model.widths": "32,16", "train.epochs": 1, "train.device": "cpu",
+          "prune.method": "init", "prune.scorer": "snip", "prune.structure": "channel",
+          "prune.target_density": 0.3, "prune.controls": "shuffle,invert", "prune.replicates": 2}
+
+RELOAD = """
+import sys, torch
+x = torch.load(sys.argv[1], weights_only=True)
+for path in sys.argv[2:]:
+    torch.save(torch.jit.load(path)(x), path + ".out")
+assert not any(m.split(".")[0] in ("trainables", "search") for m in sys.modules)
+"""
+
+
+def test_channel_ticket_records_margins_trained_weights_and_exports_three_ways(tmp_path: Path,
+                                                                               one_thread: None) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tr = prepare(uri, "structured", str(tmp_path / "artifacts"), {"objective": "latency_pareto"})
+    ticket = Ticket.from_flat(CONFIG)
+    sink = MlflowSink(tr)
+    sink.start("t-chan", ticket.flat())
+    lottery = Lottery(ticket)
+    for result in lottery.run():  # as a trial of a latency_pareto sweep does (trainables/trial.py)
+        result.latency_ms = measure_latency(ticket, lottery.task.input_shape, lottery.task.num_outputs,
+                                            result.weights, result.mask)
+        sink.level(result, lottery.state.rewind[0])
+    sink.finish("FINISHED")
+
+    (record,) = best_tickets(uri, sweep="structured", structure="channel")  # ranked by latency_pareto's front
+    assert record.latency_ms == pytest.approx(result.latency_ms) and 0 < record.latency_ms < 50
+    assert best_tickets(uri, sweep="structured", structure="2:4") == []
+    run = MlflowClient(uri).get_run(record.run_id)
+    assert run.data.tags["structure"] == "channel"
+    m = run.data.metrics
+    assert m["margin_shuffle"] == pytest.approx(result.margins["shuffle"]["test_mean"])
+    assert m["margin_invert_lo"] < m["margin_invert"] < m["margin_invert_hi"]  # two replicates: an interval
+    assert m[S.MASK_INFORMATION] in (0.0, 1.0)
+
+    # the masked network as trained: rebuilt from the level's own record of its weights
+    model = build_model(ticket, lottery.task.input_shape, lottery.task.num_outputs)
+    model.load_state_dict(unpack(result.weights, result.mask))
+    x = torch.randn(5, *lottery.task.input_shape)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    torch.save(x, tmp_path / "x.pt")
+    models = []
+    for fmt in ("masked", "compact", "sparse"):
+        out = export_ticket(record.run_id, tmp_path / fmt, uri, fmt=fmt)
+        assert json.loads((out / "ticket.json").read_text())["format"] == fmt
+        models.append(str(out / "model.pt"))
+    # plain torch, in a fresh isolated interpreter that cannot import this project
+    subprocess.run([sys.executable, "-I", "-c", RELOAD, str(tmp_path / "x.pt"), *models], check=True,
+                   cwd=tmp_path, timeout=120)
+    for path in models:
+        got = torch.load(path + ".out", weights_only=True)
+        assert (got - expected).abs().max() <= TOLERANCE, path
+    compact = torch.jit.load(models[1])
+    assert sum(p.numel() for p in compact.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
+    with pytest.raises(ConfigError, match=r"--format: unknown value 'dense'; valid choices: masked, compact, sparse"):
+        export_ticket(record.run_id, tmp_path / "bad", uri, fmt="dense")
