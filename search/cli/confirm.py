@@ -10,7 +10,8 @@ import argparse
 from typing import Any
 
 from search.cli.console import console as make_console
-from search.cli.results import _pct, _tracking
+from search.cli.console import pct as _pct
+from search.cli.console import tracking_option as _tracking
 
 
 def confirm_command(args: argparse.Namespace) -> int:

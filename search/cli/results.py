@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from search.cli.console import console as make_console
+from search.cli.console import pct as _pct
+from search.cli.console import tracking_option as _tracking
 
 if TYPE_CHECKING:
     from search.results.compare import MaskComparison
@@ -32,10 +34,6 @@ if TYPE_CHECKING:
 
 # MLflow, matplotlib and torch are imported inside each verb: `add_parsers` runs on every CLI start, and
 # `ticket-search run` should not pay seconds for them.
-
-
-def _pct(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
 
 
 def _meaning(r: TicketRecord) -> str:
@@ -228,11 +226,6 @@ def plot_command(args: argparse.Namespace) -> int:
     else:
         console.print(f"plot: {path.resolve()} (also logged to the sweep's parent run)")
     return 0
-
-
-def _tracking(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db)")
 
 
 def add_parsers(sub: Any) -> None:
