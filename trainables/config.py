@@ -27,20 +27,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainables.typed import ConfigError, choice, coerce, did_you_mean, in_range, optional_of
+from trainables.typed import ConfigError, choice, coerce, did_you_mean, from_nested, in_range, optional_of
 
-__all__ = ["DEFAULTS", "EB_STRUCTURES", "KEYS", "LEVELS_WITHOUT_TARGET", "MAX_LEVELS", "METHODS", "OUTPUT_POOLS",
-           "REWIND_ORDERS", "SCOPES", "SCORE_MODES", "SCORE_PER", "SECTIONS", "TYPES", "ConfigError", "DataConfig",
-           "ModelConfig", "PruneConfig", "RLConfig", "Ticket", "TrainConfig", "choices", "from_nested", "help_text",
-           "key_type", "register_check", "register_names", "validate"]
+__all__ = ["DEFAULTS", "KEYS", "LEVELS_WITHOUT_TARGET", "MAX_LEVELS", "METHODS", "PRUNE_CHOICES", "SCOPES", "SECTIONS",
+           "TYPES", "ConfigError", "DataConfig", "ModelConfig", "PruneConfig", "RLConfig", "Ticket", "TrainConfig",
+           "choices", "from_nested", "help_text", "key_type", "register_check", "register_names", "validate"]
 
 METHODS = ("imp", "init")  # the lottery's two searches (trainables/lottery.py)
 SCOPES = ("global", "layer")  # where pruning ranks weights (trainables/pruning/masks.py)
-OUTPUT_POOLS = ("own", "pooled")  # the output layer at its own rate, or ranked in the pool (SynFlow paper)
-SCORE_MODES = ("eval", "train")  # BatchNorm statistics while scoring: running (references) or the batch's
-SCORE_PER = ("class", "total")  # prune.score_examples counts per class or in all
-REWIND_ORDERS = ("through", "restart")  # level 0 straight through k, or open_lth's: stop at k, fresh optimizer
-EB_STRUCTURES = ("unstructured", "channel")  # Early-Bird masks of weights, or of BatchNorm channels
+PRUNE_CHOICES = {"output_pool": ("own", "pooled"), "score_mode": ("eval", "train"), "score_per": ("class", "total"),
+                 "rewind_order": ("through", "restart"), "eb_structure": ("unstructured", "channel")}
 MAX_LEVELS = 1000  # the most IMP levels a search may ask for
 LEVELS_WITHOUT_TARGET = 5  # prune.levels unset and no prune.target_density: the classic five levels
 CHOICES = "{choices}"  # in a help text: the key's valid names, as the registries list them
@@ -84,8 +80,7 @@ class TrainConfig:
     batch_size: int = _help("examples per iteration", default=64)
     epochs: int = _help("epochs of training per level", default=10)
     lr_schedule: str = _help(f"learning-rate schedule: {CHOICES}", default="constant")
-    warmup_iters: int = _help("linear warm-up iterations: lr * it/w at iteration it < w (open_lth)",
-                               default=0)
+    warmup_iters: int = _help("linear warm-up iterations (lr * it/w, as open_lth)", default=0)
     seed: int = _help("seed of initialisation and data order", default=0)
     device: str = _help(f"device: {CHOICES}", default="auto")
 
@@ -104,8 +99,7 @@ class PruneConfig:
                                f"prune.target_density needs ({LEVELS_WITHOUT_TARGET} without a target)",
                                default=None)
     target_density: float | None = _help(
-        "density to reach, of all prunable weights (output layer included): IMP stops at the first level at "
-        "or below it; init prunes straight to it",
+        "density of all prunable weights to reach: IMP stops at the first level at or below it; init prunes to it",
         default=None)
     iterations: int = _help("scoring iterations for init (exponential schedule; SynFlow needs ~100)",
                             default=1)
@@ -120,21 +114,13 @@ class PruneConfig:
     eb_window: int = _help("Early-Bird: number of recent masks compared", default=5)
     init_mask: str = _help("mask file (or runs:/ URI via search) to start from: ticket transfer",
                            default="")
-    output_pool: str = _help("output layer: own = at prune.output_rate; pooled = ranked with the other layers "
-                             "like any layer (the SynFlow paper; it can collapse)", default="own")
-    score_mode: str = _help("snip/grasp/synflow score the model in eval mode (BatchNorm running statistics, "
-                            "the references) or train mode (batch statistics)", default="eval")
-    score_examples: int = _help("snip/grasp: scoring examples drawn from the replicate's seed, per "
-                                "prune.score_per", default=10)
-    score_per: str = _help("prune.score_examples counts: class = per class (GraSP), total = in all (SNIP, "
-                           "SynFlow repo: 100)", default="class")
-    rewind_order: str = _help("imp, rewind_iter > 0: through = level 0 trains straight past k; restart = "
-                              "open_lth's order: train to k, then level 0 from k with a fresh optimizer",
-                              default="through")
-    eb_structure: str = _help("Early-Bird masks: unstructured (weights, magnitude) or channel (BatchNorm "
-                              "scaling factors, You et al.; BN models)", default="unstructured")
-    eb_l1: float = _help("Early-Bird channel: L1 penalty on BatchNorm scaling factors during the search",
-                         default=1e-4)
+    output_pool: str = _help("output layer: own = at prune.output_rate; pooled = in the pool (SynFlow)", default="own")
+    score_mode: str = _help("snip/grasp/synflow score in eval (BN running stats) or train mode", default="eval")
+    score_examples: int = _help("snip/grasp: examples drawn from the replicate's seed, per prune.score_per", default=10)
+    score_per: str = _help("prune.score_examples counts: class = per class, total = in all", default="class")
+    rewind_order: str = _help("through = level 0 trains past k; restart = open_lth's order", default="through")
+    eb_structure: str = _help("Early-Bird masks: unstructured or channel (BN scales)", default="unstructured")
+    eb_l1: float = _help("Early-Bird channel: L1 penalty on BN scaling factors during the search", default=1e-4)
 
 
 @dataclass(frozen=True)
@@ -308,22 +294,7 @@ def _validate_prune(p: PruneConfig) -> None:
     in_range("prune.replicates", p.replicates, 1, 1000)
     in_range("prune.eb_epsilon", p.eb_epsilon, 0.0, 1.0)
     in_range("prune.eb_window", p.eb_window, 2, 1000)
-    choice("prune.output_pool", p.output_pool, OUTPUT_POOLS)
-    choice("prune.score_mode", p.score_mode, SCORE_MODES)
+    for name, valid in PRUNE_CHOICES.items():
+        choice(f"prune.{name}", getattr(p, name), valid)
     in_range("prune.score_examples", p.score_examples, 1, 10**6)
-    choice("prune.score_per", p.score_per, SCORE_PER)
-    choice("prune.rewind_order", p.rewind_order, REWIND_ORDERS)
-    choice("prune.eb_structure", p.eb_structure, EB_STRUCTURES)
     in_range("prune.eb_l1", p.eb_l1, 0.0, 1.0)
-
-
-def from_nested(doc: typing.Mapping[str, Any]) -> dict[str, Any]:
-    """TOML-style nesting (`[prune] rate = 0.2`) or dotted keys -> flat dotted keys."""
-    flat: dict[str, Any] = {}
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            for sub, v in from_nested(value).items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            flat[key] = value
-    return flat

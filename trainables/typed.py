@@ -4,7 +4,7 @@ Every value a user gives (TOML, `--set`, MLflow params, which come back as strin
 its field's declared type; the ticket keys (trainables/config.py) and the sweep entries (search/sweep/file.py)
 share it, so "true", "0.5" or "3,4" mean the same everywhere. A mistake is a `ConfigError` whose message is
 one line naming the field; `choice`, `in_range`, `lookup` (a registry's loud `get`) and `did_you_mean`
-write those lines, so each wording exists once.
+write those lines, so each wording exists once. `from_nested` flattens TOML-style nesting into dotted keys.
 
 Example:
     >>> coerce("model.widths", "300, 100", tuple[int, ...])
@@ -144,3 +144,14 @@ def type_name(tp: Any, *, strict: bool = False) -> str:
         return f"a comma-separated list of {type_name(typing.get_args(tp)[0])}"
     names = {bool: "true/false", int: "an integer", float: "a finite number" if strict else "a number", str: "text"}
     return names.get(tp, str(tp))
+
+def from_nested(doc: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """TOML-style nesting (`[prune] rate = 0.2`) or dotted keys -> flat dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            for sub, v in from_nested(value).items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return flat
