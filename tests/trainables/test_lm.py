@@ -145,11 +145,15 @@ def test_every_scorer_prunes_a_language_model(name: str, scorer: str) -> None:
     model, task = model_and_task(**{"model.name": name})
     ctx = scorers.ScoreContext(batches=task.score_batches(), loss=task.loss, input_shape=task.input_shape,
                                generator=torch.Generator().manual_seed(0))
-    mask = scorers.prune_at_init(model, mk.ones(model), ctx, scorer=scorer, density=0.3,
+    dense = mk.ones(model)
+    share = dense["head.weight"].numel() / mk.counts(dense)[1]
+    overall = 0.3 * (1 - share) + 0.6 * share  # the density of all weights that leaves the others at 0.3
+    mask = scorers.prune_at_init(model, dense, ctx, scorer=scorer, density=overall,
                                  output=mk.output_param(model), output_density=0.6, scope="global",
                                  iterations=2 if scorer == "synflow" else 1)
     pool = {n: m for n, m in mask.items() if n != "head.weight"}
     assert mk.density(pool) == pytest.approx(0.3, abs=1e-3)
+    assert mk.density(mask) == pytest.approx(overall, abs=1e-3)  # of all weights, the output layer included
     assert mk.density({"head.weight": mask["head.weight"]}) == pytest.approx(0.6, abs=1e-3)
     if scorer == "synflow" and name == "lstm":  # the flow reaches every layer: none is cut off entirely
         assert not mk.collapsed(mask)
@@ -179,7 +183,8 @@ def test_early_bird_draws_a_language_model_ticket() -> None:
     (result,) = list(lot.run())
     assert lot.state.early_bird_epoch == 1 and lot.state.start_iter == lot.ipe
     pool = {n: m for n, m in result.mask.items() if n != "head.weight"}  # the output layer keeps more
-    assert mk.density(pool) == pytest.approx(0.5, abs=1e-3) and math.isfinite(result.val_score)
+    assert mk.density(pool) < 0.5 < mk.density({"head.weight": result.mask["head.weight"]})
+    assert mk.density(result.mask) == pytest.approx(0.5, abs=1e-3) and math.isfinite(result.val_score)
 
 
 def test_collapse_is_detected_and_reported() -> None:
