@@ -31,7 +31,7 @@ SCORING = 29  # the `random` scorer, per replicate and level
 SCORING_EXAMPLES = 37  # SNIP/GraSP's scoring examples, per replicate and level (apart from `random`'s draws)
 LEVEL = 31  # any in-model randomness of a level (dropout in tv: models)
 CONTROL = 104_729  # control masks and the reinit control's initialisation, apart from the tickets'
-TWIN = 37  # the instability twin's data order (and augmentation), per replicate
+TWIN = 37  # the instability twin's data order, per replicate: (seed, r, TWIN) never meets SCORING_EXAMPLES' 4-tuples
 
 
 def init(seed: int, replicate: int) -> int:
