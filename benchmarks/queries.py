@@ -116,7 +116,10 @@ def section(rows: list[Timing], fills: dict[str, float], load: str, command: str
              "| store | ticket runs | command | wall | CPU | target (wall) | met? |", "|---|---|---|---|---|---|---|"]
     lines += [r.row() for r in rows]
     lines += ["", "Filling (direct SQL inserts through MLflow's SqlAlchemyStore, benchmarks/fill.py): " +
-              "; ".join(f"{k}: {v:.0f} s" for k, v in fills.items()), END]
+              "; ".join(f"{k}: {v:.0f} s" for k, v in fills.items()) + ". Extrapolated, not measured: at these "
+              "rates 100,000 ticket runs take " + "; ".join(
+                  f"{k.split()[0]} about {v * 100_000 / int(k.split()[1].replace(',', '')) / 60:.0f} min"
+                  for k, v in fills.items()) + " to fill.", END]
     return "\n".join(lines) + "\n"
 
 
