@@ -57,8 +57,9 @@ def test_channel_ticket_records_margins_trained_weights_and_exports_three_ways(t
     run = MlflowClient(uri).get_run(record.run_id)
     assert run.data.tags["structure"] == "channel"
     m = run.data.metrics
-    assert m["margin_shuffle"] == pytest.approx(result.margins["shuffle"]["test_mean"])
-    assert m["margin_invert_lo"] < m["margin_invert"] < m["margin_invert_hi"]  # two replicates: an interval
+    assert m["margin_shuffle_test_score_mean"] == pytest.approx(result.margins["shuffle"]["test_score_mean"])
+    half = m["margin_invert_test_score_ci95"]  # two replicates: a paired interval (trainables/stats.py)
+    assert half > 0 and m["margin_invert_test_score_n"] == 2
     assert m[S.MASK_INFORMATION] in (0.0, 1.0)
 
     # the masked network as trained: rebuilt from the level's own record of its weights
