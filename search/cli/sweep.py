@@ -64,7 +64,8 @@ def _best(name: str, tracking_uri: str, target: float | None) -> None:
     from search.results.query import best_tickets
 
     args = argparse.Namespace(tracking_uri=tracking_uri, sweep=name, max_density=None, dataset=None,
-                              scorer=None, model=None, top=5, json=False, rank="mean", confirmed=False)
+                              scorer=None, model=None, structure=None, top=5, json=False, rank="mean",
+                              confirmed=False, register=None)
     if target is not None and not best_tickets(tracking_uri, sweep=name, top=1):
         if not best_tickets(tracking_uri, sweep=name, max_density=1.0, top=1):
             make_console().print(f"No trial of sweep '{name}' finished a level.")
