@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import escape
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.tracking import schema as S
+
+log = logging.getLogger("search.tracking")
 
 if TYPE_CHECKING:
     from trainables.io.results import LevelResult
@@ -64,9 +69,28 @@ def dataset_of(flat: dict[str, Any], sizes: dict[str, int] | None = None) -> Dat
                    source=json.dumps({"config": keys}), profile=json.dumps({**profile, **keys}))
 
 
+DATASET_TRIES = 3  # log_inputs attempts: two trials inserting one dataset at once collide on its key
+
+
 def log_dataset(client: MlflowClient, run_id: str, flat: dict[str, Any], sizes: dict[str, int] | None = None) -> None:
-    """The trial's dataset as a run input (the UI's "Datasets" column); logging it twice keeps one."""
-    client.log_inputs(run_id, [DatasetInput(dataset_of(flat, sizes), [InputTag("mlflow.data.context", "training")])])
+    """The trial's dataset as a run input (the UI's "Datasets" column); logging it twice keeps one.
+
+    MLflow's store inserts a dataset it has not seen; two trials of a sweep starting together (say when the
+    tracking server comes back) both insert it and one gets a unique-key violation (BAD_REQUEST). The next
+    try finds the row and only links it. The input is a view in the UI: if it still fails, the trial goes
+    on without it (logged), rather than failing a trial over a label."""
+    inputs = [DatasetInput(dataset_of(flat, sizes), [InputTag("mlflow.data.context", "training")])]
+    for attempt in range(DATASET_TRIES):
+        try:
+            client.log_inputs(run_id, inputs)
+            return
+        except MlflowException as e:
+            if e.get_http_status_code() >= 500 or attempt == DATASET_TRIES - 1:
+                if e.get_http_status_code() >= 500:
+                    raise  # the server is away: the outbox retries the whole step
+                log.warning("dataset input of run %s not logged: %s", run_id, str(e).splitlines()[0][:200])
+                return
+            time.sleep(0.2 * (attempt + 1))
 
 
 def stage_picture(folder: Path, result: LevelResult) -> None:
