@@ -13,22 +13,19 @@ Example:
 from __future__ import annotations
 
 import math
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from search.results.plot import safe_name
+from search.results.plot import log_plot, safe_name, sweep_parent
 from search.results.query import (
     TicketRecord,
     client_for,
     default_tracking_uri,
     experiment_id,
     max_instability,
-    parent_run,
     sweep_tickets,
     tracking_root,
 )
@@ -89,12 +86,7 @@ def plot_instability(sweep: str, tracking_uri: str | None = None, out: str | Pat
         raise ConfigError(f"--out: {path} should end in .png")
     client = client_for(uri)
     exp = experiment_id(client, sweep)
-    parent = parent_run(client, exp)
-    if parent is None:
-        raise ConfigError(f"sweep '{sweep}' has no parent run (tags.kind = 'sweep') to log the plot to")
+    parent = sweep_parent(client, sweep, exp)
     draw(records, f"{sweep}: instability of {len(records)} tickets", path, max_instability(client, exp))
-    with tempfile.TemporaryDirectory(prefix="ticket-plot-") as tmp:
-        named = Path(tmp) / ARTIFACT
-        shutil.copyfile(path, named)
-        client.log_artifact(parent.info.run_id, str(named), S.PLOT_DIR)
+    log_plot(client, parent, path, ARTIFACT)
     return path

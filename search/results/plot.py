@@ -27,6 +27,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
 
 from search.results import uncertainty
 from search.results.query import (
@@ -202,12 +203,23 @@ def plot_sweep(sweep: str, tracking_uri: str | None = None, out: str | Path | No
         raise ConfigError(f"--out: {path} should end in .png")
     client = client_for(uri)
     exp_id = experiment_id(client, sweep)
+    parent = sweep_parent(client, sweep, exp_id)
+    draw(records, f"{sweep}: {len(records)} tickets", path, control_scores(uri, exp_id))
+    log_plot(client, parent, path, S.PLOT_ARTIFACT)
+    return path
+
+
+def sweep_parent(client: MlflowClient, sweep: str, exp_id: str) -> str:
+    """The run id a sweep's plots are logged to (its parent run); ConfigError when it has none."""
     parent = parent_run(client, exp_id)
     if parent is None:
         raise ConfigError(f"sweep '{sweep}' has no parent run (tags.kind = 'sweep') to log the plot to")
-    draw(records, f"{sweep}: {len(records)} tickets", path, control_scores(uri, exp_id))
+    return str(parent.info.run_id)
+
+
+def log_plot(client: MlflowClient, run_id: str, path: Path, artifact: str) -> None:
+    """Log the PNG at `path` to `run_id` as `plots/<artifact>`, whatever the file on disk is called."""
     with tempfile.TemporaryDirectory(prefix="ticket-plot-") as tmp:
-        named = Path(tmp) / S.PLOT_ARTIFACT
+        named = Path(tmp) / artifact
         shutil.copyfile(path, named)
-        client.log_artifact(parent.info.run_id, str(named), S.PLOT_DIR)
-    return path
+        client.log_artifact(run_id, str(named), S.PLOT_DIR)

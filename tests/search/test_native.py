@@ -88,7 +88,10 @@ def test_system_metrics_are_sampled_onto_a_run(written: dict[str, Any]) -> None:
     run = client.create_run(written["tracking"].experiment_id).info.run_id
     monitor = native.start_system_metrics(run, written["uri"], interval_s=0.2)
     assert monitor is not None
-    time.sleep(1.0)
+    wanted = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"}
+    deadline = time.monotonic() + 60  # an event, not a duration: the monitor's first logged samples
+    while not wanted <= set(client.get_run(run).data.metrics) and time.monotonic() < deadline:
+        time.sleep(0.1)
     monitor.finish()
     keys = set(client.get_run(run).data.metrics)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys
