@@ -170,7 +170,8 @@ def _packing_tune(trials: int, epochs: int, device: str = "cuda") -> list[Row]:
             errors = [r.error for r in grid if r.error]
             if errors:
                 raise RuntimeError(f"packing at gpu={gpu}: {len(errors)} trial(s) failed: {errors[0]}")
-            spans = [(r.metrics["timestamp"] - r.metrics["time_total_s"], r.metrics["timestamp"]) for r in grid]
+            ends = [r.metrics or {} for r in grid]
+            spans = [(m["timestamp"] - m["time_total_s"], m["timestamp"]) for m in ends]
             overlap[gpu] = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
     ray.shutdown()
     note = (f"Ray Tune alone (no MLflow/Optuna here); trials seen running at once: {overlap[0.25]} at gpu=0.25, "
