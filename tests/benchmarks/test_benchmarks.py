@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks import run as bench
+from benchmarks import semistructured
 from benchmarks.common import Row, markdown
 from benchmarks.trial import plain_trial
 from trainables.io.results import LevelResult
@@ -104,3 +105,16 @@ def test_the_plain_loop_trial_logs_every_level() -> None:
     assert 0 < score <= 1
     assert [c for c in sink.calls if c[0] == "level"] == [("level", 0), ("level", 1), ("level", 2)]
     assert sink.calls[-1] == ("finish", "FINISHED", "")
+
+
+def test_the_2_4_gpu_benchmark_dry_runs_on_a_cpu(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Without a GPU: the 2:4 network is built and checked, the GPU-only rows are skipped with one line."""
+    out = tmp_path / "semi.md"
+    assert semistructured.main(["--device", "cpu", "--width", "128", "--layers", "2", "--out", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed == ("2 layers of 128x128 qualify for 2:4; GPU-only rows skipped: --device cpu: the 2:4 kernels "
+                       "run on CUDA only")
+    assert not out.exists()  # no rows, no table
+    with pytest.raises(SystemExit):
+        semistructured.main(["--device", "cpu", "--width", "100"])
+    assert "--width: 100 is not a multiple of 64" in capsys.readouterr().err
