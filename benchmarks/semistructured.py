@@ -10,7 +10,10 @@ SparseSemiStructuredTensor, converted as an exported 2:4 ticket's loader does (t
 cuSPARSELt where torch has it, else CUTLASS); theirs: the same masked weights dense. Both float16, batches 1,
 64, 1024 and 8192, in the same process: blocks of forward passes (about 20 ms of the dense side each, CUDA
 synchronised at the end of a block), the sides alternating, the median of per-block ratios. Each row's note
-gives max |ours - theirs| relative to max |theirs| (float16 rounding of different summation orders).
+gives max |ours - theirs| relative to max |theirs| (float16 rounding of different summation orders). First, a
+one-line check of the export path: a small 2:4 MLP written as `export --format sparse` writes it
+(trainables/io/semistructured.py), loaded by the standalone loader, within tolerance of the masked network (on a
+CPU dry run the program is loaded with its layers dense).
 
 Imports torch, rich, benchmarks.common and trainables only (no Ray, MLflow or Optuna). Writes the table to
 --out (default benchmarks/RESULTS_SEMISTRUCTURED.md) with the machine, date and command.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +34,7 @@ from torch import nn
 
 from benchmarks.common import Row, machine, markdown, paired, table
 from trainables.io import semistructured as semi
+from trainables.io import semistructured_loader as loader
 from trainables.io.semistructured_loader import to_24
 from trainables.pruning.structure import nm_candidates
 
@@ -104,6 +109,36 @@ def rows(width: int, layers: int, batches: list[int], reps: int, device: torch.d
     return out, f"{kind} on {torch.cuda.get_device_name(device)}"
 
 
+def export_check(device: torch.device) -> str:
+    """The export path on this GPU, in one line: a 2:4 MLP 256-256-128-10 written as an exported ticket's
+    semi-structured files, loaded by the standalone loader, compared with the float32 masked network."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    mask = {}
+    for name, p in model.named_parameters():
+        if name.endswith("weight"):
+            mask[name] = nm_candidates(p.detach().abs(), torch.ones_like(p, dtype=torch.bool), 2, 4)
+            p.data.mul_(mask[name])
+    x = torch.randn(64, 256)
+    with torch.no_grad():
+        expected = model(x)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-semi-") as tmp:
+            doc = semi.write(model, mask, tmp, (256,), device=str(device))
+            net = loader.load(tmp, str(device), sparse=device.type == "cuda")
+            with torch.inference_mode():
+                got = net(x.to(device, semi.DTYPE)).float().cpu()
+    except Exception as e:  # noqa: BLE001 - report any failure in one line; the timing rows still run
+        return f"export check FAILED: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+    kinds = sorted({type(p).__name__ for n, p in net.named_parameters() if n in doc["layers"]})
+    err = float((got - expected).abs().max())
+    ok = err <= semi.TOLERANCE * max(1.0, float(expected.abs().max())) and (kinds != ["Parameter"]
+                                                                              or device.type != "cuda")
+    return (f"export check {'passed' if ok else 'FAILED'}: layers {', '.join(doc['layers'])} loaded as "
+            f"{', '.join(kinds)}, {', '.join(doc['dense'])} dense-masked; max |2:4 float16 - float32 masked| = "
+            f"{err:.1e} (tolerance {semi.TOLERANCE:g} x max(1, |output|))")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.semistructured", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run of the checks")
@@ -121,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                           args.reps, device)
     console = Console(width=150)
     console.print(message)
+    check = export_check(device if found else torch.device("cpu"))
+    console.print(check)
     if not found:
         return 0
+    found[0].note += f"; {check}"
     console.print(table(found))
     if args.out:
         command = "python -m benchmarks.semistructured " + " ".join(sys.argv[1:] if argv is None else argv)
