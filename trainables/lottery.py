@@ -107,12 +107,12 @@ class Lottery:
                                      bn_l1=self._bn_l1(level)))
             if mk.density(mask) >= 1.0:
                 continue  # a dense level has nothing to control for
-            output = self.output(tickets[-1].model)
+            output, structure = self.output(tickets[-1].model), st.of(p.structure, tickets[-1].model)
             for name in p.controls:
                 control, gen = controls.get(name), seeds.control_mask(seed, r, level, name)
                 model = self.new_model(seeds.control_init(seed, r, level)) if control.fresh_init else self._rewound(r)
                 cmask = (self.state.invert[r] if control.scored
-                         else st.control_mask(name, mask, gen, output, p.structure) or control.mask(mask, gen, output))
+                         else st.control_mask(name, mask, gen, output, structure) or control.mask(mask, gen, output))
                 others.append(Member(name, r, model, cmask))
         return tickets + others
 
@@ -175,9 +175,9 @@ class Lottery:
             self.state.masks[r] = scorers.prune_at_init(
                 m, first, self._score_ctx(r), scorer=p.scorer, density=d,
                 output=self.output(m), output_density=out_d, scope=p.scope, iterations=p.iterations,
-                structure=p.structure)
+                structure=st.of(p.structure, m))
             if "invert" in p.controls:  # one-shot scores of the rewound network, as the first round saw them
-                self._draw_invert(r, scorers.score(p.scorer, m, first, self._score_ctx(r)), first, self.output(m))
+                self._draw_invert(r, scorers.score(p.scorer, m, first, self._score_ctx(r)), first, m)
         self.state.level = 1
 
     def _first_mask(self, model: nn.Module, replicate: int) -> mk.Mask:
@@ -252,16 +252,16 @@ class Lottery:
             scores = scorers.score(p.scorer, m.model, self.state.masks[r], self._score_ctx(r))
             before = self.state.masks[r]
             self.state.masks[r] = level_mask(scores, before, base[r], nxt, p.rate, p.output_rate,
-                                             p.scope, self.output(m.model), p.structure)
+                                             p.scope, self.output(m.model), st.of(p.structure, m.model))
             if "invert" in p.controls:
-                self._draw_invert(r, scores, before, self.output(m.model))
+                self._draw_invert(r, scores, before, m.model)
 
     def _draw_invert(self, replicate: int, scores: dict[str, torch.Tensor], candidates: mk.Mask,
-                     output: str | None) -> None:
+                     model: nn.Module) -> None:
         """The `invert` control's mask at the new ticket's per-layer counts (trainables/pruning/sanity.py)."""
         self.state.invert += [{}] * (replicate + 1 - len(self.state.invert))
         self.state.invert[replicate] = inverted(scores, candidates, self.state.masks[replicate],
-                                                self.ticket.prune.structure, output)
+                                                st.of(self.ticket.prune.structure, model), self.output(model))
 
     def _hooks(self, level: int, start: int, members: list[Member]) -> Hooks:
         hooks = Hooks(epoch_end=lambda epoch, it, ms: self._report(level, start, it, ms))

@@ -173,12 +173,19 @@ def separation_line(records: list[TicketRecord], confirmed: bool = False) -> str
 
 def export_command(args: argparse.Namespace) -> int:
     from search.results.export import export_ticket
+    from trainables.paths import TICKET_JSON
 
     out = export_ticket(args.run_id, args.out, args.tracking_uri, fmt=args.format)
     how = (f"; model.pt is the trained {args.format} network: torch.jit.load('{out.resolve()}/model.pt')"
            if args.format else "")
-    make_console().print(f"exported ticket {args.run_id} to {out.resolve()} "
-                         f"(load it with trainables.io.ticketio.load_ticket{how})")
+    console = make_console()
+    console.print(f"exported ticket {args.run_id} to {out.resolve()} "
+                  f"(load it with trainables.io.ticketio.load_ticket{how})")
+    semi = json.loads((out / TICKET_JSON).read_text()).get("semistructured")
+    if semi:
+        console.print(semi.get("why") or f"2:4 layers {', '.join(semi['layers'])} in PyTorch's semi-structured format "
+                      f"on the GPU: import semistructured from {out.resolve()}; semistructured.load()"
+                      + "".join(f"; {n} stays dense-masked ({why})" for n, why in semi["dense"].items()))
     return 0
 
 

@@ -1,5 +1,8 @@
 """Exporting a ticket run to a folder: its mask, density, rewind weights and config, to rebuild it anywhere;
-with `--format masked|compact|sparse` also its trained weights and the trained network as TorchScript.
+with `--format masked|compact|sparse` also its trained weights and the trained network as TorchScript; for a
+2:4 ticket on a machine with a GPU of compute capability 8.0 or more, `sparse` also writes the network for
+PyTorch's 2:4 semi-structured kernels (trainables/io/semistructured.py), and ticket.json's `semistructured`
+says which layers use them, or why none do.
 
 The files are downloaded one by name and validated (artifacts.py), then copied under the fixed names of
 trainables/paths.py into the destination; run ids must be MLflow run ids (32 hex characters).
@@ -22,11 +25,12 @@ from search.results.artifacts import download
 from search.results.query import check_run_id, client_for, get_ticket_run
 from search.tracking import schema as S
 from trainables.config import ConfigError, Ticket
-from trainables.io import maskio
+from trainables.io import maskio, semistructured
 from trainables.io.exported import FORMATS, TOLERANCE, convert, load_trained, save_torchscript
 from trainables.io.packing import unpack
 from trainables.io.ticketio import load_rewind
 from trainables.paths import DENSITY_FILE, MASK_FILE, MODEL_FILE, REWIND_FILE, TICKET_JSON, TRAINED_FILE
+from trainables.pruning.structure import parse
 from trainables.tasks.registry import shapes as task_shapes
 from trainables.typed import choice
 
@@ -90,4 +94,7 @@ def export_ticket(run_id: str, out: str | Path, tracking_uri: str | None = None,
     if fmt is not None:
         _, model, mask_t, shape = load_trained(out)
         save_torchscript(convert(model, mask_t, fmt, shape), shape, out / MODEL_FILE)
+        if fmt == "sparse" and parse(ticket.prune.structure).kind == "n:m":  # and a GPU: 2:4 layers for it too
+            doc["semistructured"] = semistructured.export(model, mask_t, out, shape)
+            (out / TICKET_JSON).write_text(json.dumps(doc, indent=2))
     return out

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks import run as bench
+from benchmarks import semistructured
 from benchmarks.common import Row, markdown
 from benchmarks.trial import plain_trial
 from trainables.io.results import LevelResult
@@ -104,3 +105,19 @@ def test_the_plain_loop_trial_logs_every_level() -> None:
     assert 0 < score <= 1
     assert [c for c in sink.calls if c[0] == "level"] == [("level", 0), ("level", 1), ("level", 2)]
     assert sink.calls[-1] == ("finish", "FINISHED", "")
+
+
+@pytest.mark.slow  # the export check runs torch.export: about 10 s on a shared core
+def test_the_2_4_gpu_benchmark_dry_runs_on_a_cpu(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Without a GPU: the 2:4 network is built and checked, the GPU-only rows are skipped with one line, and
+    the export path's check runs with the layers dense."""
+    out = tmp_path / "semi.md"
+    assert semistructured.main(["--device", "cpu", "--width", "128", "--layers", "2", "--out", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.startswith("2 layers of 128x128 qualify for 2:4; GPU-only rows skipped: --device cpu: the 2:4 "
+                              "kernels run on CUDA only export check passed: layers 0.weight, 2.weight loaded as "
+                              "Parameter, 4.weight dense-masked; max |2:4 float16 - float32 masked| = ")
+    assert not out.exists()  # no rows, no table
+    with pytest.raises(SystemExit):
+        semistructured.main(["--device", "cpu", "--width", "100"])
+    assert "--width: 100 is not a multiple of 64" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """A structured ticket with sanity controls, through a real MLflow store: its margins, its trained weights,
-`best --structure`, and `export --format masked|compact|sparse` reloaded by plain torch in another process."""
+`best --structure`, and `export --format masked|compact|sparse` reloaded by plain torch in another process;
+a 2:4 ticket's `sparse` export with PyTorch's semi-structured layers where a GPU allows, a one-line reason
+where not."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,12 +15,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from search.cli.results import export_command
 from search.results.export import export_ticket
 from search.results.query import best_tickets
 from search.tracking import schema as S
 from search.tracking.sink import MlflowSink
 from search.tracking.store import prepare
 from trainables.config import ConfigError, Ticket
+from trainables.io import semistructured as semi
 from trainables.io.exported import TOLERANCE
 from trainables.io.latency import measure_latency
 from trainables.io.packing import unpack
@@ -72,7 +77,8 @@ def test_channel_ticket_records_margins_trained_weights_and_exports_three_ways(t
     models = []
     for fmt in ("masked", "compact", "sparse"):
         out = export_ticket(record.run_id, tmp_path / fmt, uri, fmt=fmt)
-        assert json.loads((out / "ticket.json").read_text())["format"] == fmt
+        doc = json.loads((out / "ticket.json").read_text())
+        assert doc["format"] == fmt and "semistructured" not in doc  # a channel ticket: no 2:4 layers
         models.append(str(out / "model.pt"))
     # plain torch, in a fresh isolated interpreter that cannot import this project
     subprocess.run([sys.executable, "-I", "-c", RELOAD, str(tmp_path / "x.pt"), *models], check=True,
@@ -84,3 +90,31 @@ def test_channel_ticket_records_margins_trained_weights_and_exports_three_ways(t
     assert sum(p.numel() for p in compact.parameters()) < 0.5 * sum(p.numel() for p in model.parameters())
     with pytest.raises(ConfigError, match=r"--format: unknown value 'dense'; valid choices: masked, compact, sparse"):
         export_ticket(record.run_id, tmp_path / "bad", uri, fmt="dense")
+
+
+@pytest.mark.slow  # a 2:4 search and an export: about 20 s on a shared core
+def test_a_2_4_ticket_exports_semi_structured_layers_or_says_why_not(tmp_path: Path, one_thread: None,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tr = prepare(uri, "nm", str(tmp_path / "artifacts"), {})
+    ticket = Ticket.from_flat({**CONFIG, "model.widths": "64,32", "prune.structure": "2:4", "prune.controls": "",
+                               "prune.replicates": 1, "prune.scorer": "magnitude", "prune.target_density": 0.5})
+    sink = MlflowSink(tr)
+    sink.start("t-nm", ticket.flat())
+    lottery = Lottery(ticket)
+    for result in lottery.run():
+        sink.level(result, lottery.state.rewind[0])
+    sink.finish("FINISHED")
+    (record,) = best_tickets(uri, sweep="nm")
+    args = argparse.Namespace(run_id=record.run_id, out=str(tmp_path / "out"), tracking_uri=uri, format="sparse")
+    assert export_command(args) == 0
+    doc = json.loads((tmp_path / "out" / "ticket.json").read_text())["semistructured"]
+    printed = " ".join(capsys.readouterr().out.split())
+    reason = semi.why_not()
+    if reason is not None:  # this machine: model.pt keeps CSR, and the CLI says why in one line
+        assert doc == {"used": False, "why": f"2:4 semi-structured format not used: {reason} (model.pt keeps CSR "
+                                             "layers)"}
+        assert doc["why"] in printed
+    else:  # 8x8 digits: fc1 64x64 and fc2 32x64 qualify, the 10x32 output layer does not
+        assert doc["used"] and doc["layers"] == ["fc1.weight", "fc2.weight"] and list(doc["dense"]) == ["fc3.weight"]
+        assert "2:4 layers fc1.weight, fc2.weight in PyTorch's semi-structured format" in printed

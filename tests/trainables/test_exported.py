@@ -1,5 +1,6 @@
 """Exported forms of a trained masked network compute what it computes: compact (channels removed, BatchNorm
-and padding folded) and sparse (CSR) on a conv net; a residual net is refused with one line."""
+and padding folded) and sparse (CSR) on a conv net; compact on ResNet-20, residual groups removed whole; a
+network of other operations is refused with one line."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def vgg_like() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
-def trained_like(name: str, structure: str, shape: tuple[int, ...] = (3, 16, 16)) -> tuple[nn.Module, mk.Mask]:
-    """A model with random BatchNorm statistics and biases (as after training), masked at density 0.25."""
+def trained_like(name: str, structure: str, shape: tuple[int, ...] = (3, 16, 16),
+                 density: float = 0.25) -> tuple[nn.Module, mk.Mask]:
+    """A model with random BatchNorm statistics and biases (as after training), masked at `density`."""
     torch.manual_seed(0)
     model = vgg_like() if name == "vgg_like" else build_model(Ticket.from_flat({"model.name": name}), shape, 10)
     model.eval()
@@ -35,7 +37,8 @@ def trained_like(name: str, structure: str, shape: tuple[int, ...] = (3, 16, 16)
         if p.dim() == 1:
             p.data.normal_(0, 0.3)  # non-zero shifts: a removed channel outputs a constant, which must be folded
     scores = {n: torch.rand(p.shape) for n, p in mk.prunable(model).items()}
-    mask = st.prune(scores, mk.ones(model), 0.25, scope="layer", output=mk.output_param(model), structure=structure)
+    mask = st.prune(scores, mk.ones(model), density, scope="layer", output=mk.output_param(model),
+                    structure=st.of(structure, model))
     mk.apply_(model, mask)
     return model, mask
 
@@ -65,7 +68,35 @@ def test_packing_round_trips_and_rejects_a_mismatch() -> None:
         unpack(packed, mask)
 
 
-def test_compact_refuses_a_residual_network_in_one_line() -> None:
-    model, mask = trained_like("resnet20", "channel")
-    with pytest.raises(ConfigError, match=r"^export --format compact: compact supports non-residual models"):
-        convert(model, mask, "compact", (3, 16, 16))
+@pytest.mark.parametrize("density", [0.5, 0.05])
+def test_compact_resnet20_removes_residual_groups_and_matches(density: float) -> None:
+    """Eval mode, BatchNorm kept (sliced), removed channels' constants folded: within TOLERANCE (1e-4)."""
+    model, mask = trained_like("resnet20", "channel", density=density)
+    small = convert(model, mask, "compact", (3, 16, 16))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert (small(x) - model(x)).abs().max() <= TOLERANCE
+    widths = {n.removesuffix(".layer"): m.out_channels for n, m in small.named_modules()  # .layer: in a BiasMap
+              if isinstance(m, nn.Conv2d)}
+    assert widths["stem.0"] == widths["stages.2.body.3"] == max(1, round(density * 16))
+    assert widths["stages.8.body.3"] == max(1, round(density * 64))  # the residual stream of stage 3 narrowed
+    assert small.get_submodule("fc").in_features == widths["stages.8.body.3"]
+    assert sum(p.numel() for p in small.parameters()) < density * 1.1 * sum(p.numel() for p in model.parameters())
+
+
+def test_compact_handles_an_untied_mask_and_refuses_a_concatenation_in_one_line() -> None:
+    model, mask = trained_like("resnet20", "unstructured")  # rows die only by chance: nothing tied to remove
+    with torch.no_grad():
+        x = torch.randn(2, 3, 16, 16)
+        assert (convert(model, mask, "compact", (3, 16, 16))(x) - model(x)).abs().max() <= TOLERANCE
+
+    class Cat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.fc = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
+
+    with pytest.raises(ConfigError, match=r"^export --format compact: compact supports conv, .*'cat' has 2 inputs$"):
+        convert(Cat(), mk.ones(Cat()), "compact", (3, 4, 4))

@@ -13,6 +13,7 @@ from trainables.pruning import masks as mk
 from trainables.pruning import structure as st
 from trainables.pruning.earlybird import EarlyBird
 from trainables.pruning.imp import level_mask
+from trainables.tasks.registry import build_model
 
 
 def tiny() -> nn.Module:
@@ -135,3 +136,32 @@ def test_bn_scale_ranks_channels_by_their_batchnorm_scale() -> None:
     kept = st.prune(scores, mask, 0.5, scope="layer", output="4.weight", structure="channel")["0.weight"]
     assert kept.reshape(4, -1).all(1).tolist() == [False, True, False, True]
     assert Ticket.from_flat({"prune.scorer": "bn_scale"}).prune.scorer == "bn_scale"
+
+
+def alive_rows(m: torch.Tensor) -> list[bool]:
+    return m.reshape(m.shape[0], -1).any(1).tolist()
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_a_residual_group_keeps_the_same_channels_in_every_layer(scope: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(Ticket.from_flat({"model.name": "resnet20"}), (3, 8, 8), 10)
+    s = st.of("channel", model)
+    assert s.groups[0] == ("stem.0.weight", "stages.0.body.3.weight", "stages.1.body.3.weight",
+                           "stages.2.body.3.weight")  # the stage-1 residual stream; a block's first conv is alone
+    assert [len(g) for g in s.groups] == [4, 4, 4] and "stages.3.shortcut.0.weight" in s.groups[1]
+    out, base = mk.output_param(model), mk.ones(model)
+    mask = base
+    for level in (1, 2):
+        scores = {n: torch.rand(p.shape) for n, p in mk.prunable(model).items()}
+        mask = level_mask(scores, mask, base, level, 0.5, 0.2, scope, out, s)
+        gen = torch.Generator().manual_seed(level)
+        controls = [st.control_mask("shuffle", mask, gen, out, s), st.invert(scores, mask, mask, s, out)]
+        for m in (mask, *controls):
+            assert m is not None
+            for group in s.groups:
+                assert all(alive_rows(m[n]) == alive_rows(m[group[0]]) for n in group), (level, group)
+        if scope == "layer":  # a group is one layer: 16, 32, 64 channels at 0.5^L
+            assert [sum(alive_rows(mask[g[0]])) for g in s.groups] == [round(c * 0.5 ** level) for c in (16, 32, 64)]
+    loose = st.prune(scores, base, 0.25, scope="layer", output=out, structure="channel")  # no groups: untied
+    assert any(alive_rows(loose[n]) != alive_rows(loose[s.groups[0][0]]) for n in s.groups[0])

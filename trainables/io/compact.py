@@ -1,13 +1,16 @@
 """Compaction: a masked network rebuilt as a smaller dense one, pruned channels and neurons removed.
 
-The network is traced with torch.fx into a chain of modules and calls (convolutions, linear layers, BatchNorm,
-activations, pools, flatten, dropout). Going down the chain, each convolution or linear layer keeps the output
-rows its mask keeps (the last layer keeps all: they are the outputs) and only the inputs its predecessor
-kept. A removed row is not simply dropped: with no weight left it outputs its bias, a constant, which BatchNorm
-and the activation map to another constant. Its contribution to the next layer is folded into that layer's bias
-(for a padded convolution a fixed map, since the zero padding only sees it inside the image), so the compact
-network computes exactly what the masked one does, up to float rounding. A residual network (an addition of
-two branches) is refused with one line: its channels must be removed in groups, which this does not do.
+The network is traced with torch.fx (convolutions, linear layers, BatchNorm, activations, pools, flatten,
+dropout, and additions of two branches: residual networks). Channels that meet in an addition share their
+indices (trainables/pruning/groups.py): such a channel space keeps a channel while any layer writing it keeps
+that row; a space that reaches the output, or holds the input, keeps all. Going through the graph, each
+convolution or linear layer keeps the output rows of its space and only the inputs its predecessor kept. A
+removed row is not simply dropped: with no weight left it outputs its bias, a constant, which BatchNorm, the
+activation and an addition map to other constants. Its contribution to the next layer is folded into that
+layer's bias (for a padded convolution a fixed map, since the zero padding only sees it inside the image), so
+the compact network computes exactly what the masked one does, up to float rounding. A channel ticket of a
+residual network keeps a group's channels together (trainables/pruning/structure.py), so whole channels of
+the residual stream go.
 
 Example:
     >>> small = compact(masked_model.eval(), mask, (1, 8, 8))
@@ -26,13 +29,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from trainables.pruning import groups
+from trainables.pruning.groups import ELEMENTWISE, POOLS
 from trainables.pruning.masks import Mask
 from trainables.typed import ConfigError
 
-ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.Identity,
-               nn.Dropout)
-POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-UNSUPPORTED = "compact supports non-residual models (chains of conv, linear, batchnorm, activation, pool, flatten)"
+UNSUPPORTED = ("compact supports conv, linear, batchnorm, activation, pool, flatten and the addition of two "
+               "branches")
 
 
 @dataclass
@@ -61,13 +64,19 @@ def _removed(k: Kept) -> torch.Tensor:
     return out
 
 
-def _layer(module: nn.Conv2d | nn.Linear, name: str, mask: Mask, k: Kept, last: bool,
-           in_shape: torch.Size) -> tuple[nn.Module, Kept]:
+def _masked(module: nn.Conv2d | nn.Linear, name: str, mask: Mask) -> torch.Tensor:
     w = module.weight.detach()
-    if f"{name}.weight" in mask:
-        w = w * mask[f"{name}.weight"].to(w.dtype)
+    return w * mask[f"{name}.weight"].to(w.dtype) if f"{name}.weight" in mask else w
+
+
+def _alive(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1).ne(0).any(1)
+
+
+def _layer(module: nn.Conv2d | nn.Linear, name: str, mask: Mask, k: Kept, rows: torch.Tensor,
+           in_shape: torch.Size) -> tuple[nn.Module, Kept]:
+    w = _masked(module, name, mask)
     bias = module.bias.detach() if module.bias is not None else torch.zeros(w.shape[0])
-    rows = torch.arange(w.shape[0]) if last else w.reshape(w.shape[0], -1).ne(0).any(1).nonzero().squeeze(1)
     removed_in = _removed(k).nonzero().squeeze(1)
     w_kept = w[rows][:, k.keep]
     extra: torch.Tensor | None = None
@@ -128,44 +137,77 @@ def _replace(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
+def _space_rows(gm: fx.GraphModule, mask: Mask, space: dict[fx.Node, fx.Node]) -> dict[fx.Node, torch.Tensor]:
+    """The rows each channel space keeps: any row a layer writing it keeps; all where the space holds the
+    input or a flatten, or reaches the output."""
+    alive: dict[fx.Node, torch.Tensor] = {}
+    full: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        root = space[node]
+        if node.op == "call_module" and isinstance(mod := gm.get_submodule(str(node.target)), groups.LAYERS):
+            rows = _alive(_masked(mod, str(node.target), mask))
+            alive[root] = alive[root] | rows if root in alive else rows
+        elif node.op == "output":
+            full.update(space[n] for n in node.all_input_nodes)
+        elif node.op == "placeholder" or not (groups.keeps_channels(gm, node) or groups.is_add(node)):
+            full.add(root)
+    return {root: torch.arange(a.numel()) if root in full else a.nonzero().squeeze(1) for root, a in alive.items()}
+
+
+def _add(node: fx.Node, state: dict[fx.Node, Kept]) -> Kept:
+    a, b = (state[n] for n in node.all_input_nodes) if len(node.all_input_nodes) == 2 else (None, None)
+    if a is None or b is None or len(node.args) != 2 or node.kwargs or not torch.equal(a.keep, b.keep):
+        raise ConfigError(f"export --format compact: {UNSUPPORTED}; '{node.name}' is not such an addition")
+    return Kept(a.keep, a.const + b.const)
+
+
 @torch.no_grad()
 def compact(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
     """A dense network without the removed channels and neurons, computing what `model` with `mask` applied
-    computes (in eval mode). ConfigError with one line for a network that is not a chain."""
+    computes (in eval mode). ConfigError with one line for a network of other operations."""
     try:
         gm = fx.symbolic_trace(copy.deepcopy(model).eval())
-    except Exception as e:  # noqa: BLE001 - any tracing failure means: not a plain chain
+    except Exception as e:  # noqa: BLE001 - any tracing failure means: no graph to compact
         raise ConfigError(f"export --format compact: {UNSUPPORTED}; tracing failed ({type(e).__name__})") from None
     ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
-    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
-    layers = [n for n in nodes
-              if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Conv2d | nn.Linear)]
-    state: Kept | None = None
-    for node in nodes:
-        if len(node.all_input_nodes) != 1 or len(node.users) > 1:
-            raise ConfigError(f"export --format compact: {UNSUPPORTED}; '{node.name}' is not on a single chain")
+    space = groups.spaces(gm)
+    keep = _space_rows(gm, mask, space)
+    state: dict[fx.Node, Kept] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            continue
+        if node.op == "placeholder":
+            channels = node.meta["tensor_meta"].shape[1]
+            state[node] = Kept(torch.arange(channels), torch.zeros(channels))
+            continue
+        if groups.is_add(node):
+            state[node] = _add(node, state)
+            continue
+        if len(node.all_input_nodes) != 1:
+            raise ConfigError(f"export --format compact: {UNSUPPORTED}; '{node.name}' has "
+                              f"{len(node.all_input_nodes)} inputs")
         src = node.all_input_nodes[0]
-        in_shape = src.meta["tensor_meta"].shape
-        if state is None:
-            state = Kept(torch.arange(in_shape[1]), torch.zeros(in_shape[1]))
+        k, in_shape = state[src], src.meta["tensor_meta"].shape
         if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
+            mod = gm.get_submodule(str(node.target))
             if isinstance(mod, nn.Conv2d) and mod.groups == 1 or isinstance(mod, nn.Linear):
-                new, state = _layer(mod, node.target, mask, state, node is layers[-1], in_shape)
-                _replace(gm, node.target, new)
+                new, state[node] = _layer(mod, str(node.target), mask, k, keep[space[node]], in_shape)
+                _replace(gm, str(node.target), new)
             elif isinstance(mod, nn.BatchNorm1d | nn.BatchNorm2d):
-                new, state = _batchnorm(mod, state)
-                _replace(gm, node.target, new)
+                new, state[node] = _batchnorm(mod, k)
+                _replace(gm, str(node.target), new)
             elif isinstance(mod, ELEMENTWISE):
-                state = Kept(state.keep, mod(state.const))
+                state[node] = Kept(k.keep, mod(k.const))
             elif isinstance(mod, nn.Flatten):
-                state = _flatten(state, in_shape)
-            elif not isinstance(mod, POOLS):
+                state[node] = _flatten(k, in_shape)
+            elif isinstance(mod, POOLS):
+                state[node] = k
+            else:
                 raise ConfigError(f"export --format compact: {UNSUPPORTED}; '{node.target}' is a {type(mod).__name__}")
         elif node.op == "call_method" and node.target == "flatten" or node.target is torch.flatten:
-            state = _flatten(state, in_shape)
-        elif node.target in (F.relu, torch.relu):
-            state = Kept(state.keep, F.relu(state.const))
+            state[node] = _flatten(k, in_shape)
+        elif node.target in groups.ACTIVATIONS or node.op == "call_method" and node.target == "relu":
+            state[node] = Kept(k.keep, F.relu(k.const))
         else:
             raise ConfigError(f"export --format compact: {UNSUPPORTED}; '{node.name}' is {node.op} {node.target}")
     gm.recompile()

@@ -5,8 +5,8 @@
 PyTorch loads without this project: `torch.jit.load("model.pt")(x)`.
 
 - `masked`: the trained network as trained, pruned weights exactly zero (same size and speed as dense).
-- `compact`: pruned channels and neurons removed, a smaller dense network (trainables/io/compact.py; chains of
-  layers only, a residual network is refused).
+- `compact`: pruned channels and neurons removed, a smaller dense network (trainables/io/compact.py; residual
+  networks too: a channel ticket keeps a residual group's channels together, and compaction removes them).
 - `sparse`: each pruned convolution and linear layer holds its weight as a torch sparse CSR matrix (a
   convolution as a matrix over unfolded patches), for CPU inference. PyTorch's 2:4 semi-structured kernels
   need a CUDA GPU of compute capability 8.0 or more and half precision: a CPU export stores 2:4 layers as

@@ -2,7 +2,7 @@
 trades against the validation score.
 
 The form follows the structure: a `channel` ticket is compacted (trainables/io/compact.py), any other is run
-with CSR layers (`sparse`); a network that form does not support (a residual net for compact) is timed as
+with CSR layers (`sparse`); a network that form does not support (e.g. a concatenation, for compact) is timed as
 exported `masked`. Latency: median CPU milliseconds of one batch-1 forward pass of the TorchScript-traced
 network on the CPU, on one thread, after a warm-up call.
 """

@@ -121,7 +121,7 @@ class EarlyBirdSearch:
         if p.method == "init" and output in mask:  # the target counts every prunable weight
             pool_d = schedule.pool_density(self.density, out_d, mask[output].numel() / masks.counts(mask)[1])
         return structure.prune(scores, mask, pool_d, scope=p.scope, output=output, output_density=out_d,
-                               structure=p.structure)
+                               structure=structure.of(p.structure, model))
 
     def update(self, replicates: list[tuple[nn.Module, Mask]]) -> bool:
         """Add each replicate's newest mask; True when all of them are settled."""

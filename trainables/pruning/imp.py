@@ -16,7 +16,8 @@ from trainables.pruning.masks import Mask
 
 
 def level_mask(scores: dict[str, torch.Tensor], mask: Mask, base: Mask, level: int, rate: float,
-               output_rate: float, scope: str, output: str | None, structure: str = "unstructured") -> Mask:
+               output_rate: float, scope: str, output: str | None,
+               structure: str | st.Structure = "unstructured") -> Mask:
     """Mask of IMP level `level`: density base * (1-rate)^level, exact counts, output at its own rate."""
     pool_d, out_d = schedule.level_densities(rate, output_rate, level)
     out_base = mk.density({output: base[output]}) if output in base else 1.0
@@ -25,8 +26,9 @@ def level_mask(scores: dict[str, torch.Tensor], mask: Mask, base: Mask, level: i
         return st.prune(scores, mask, mk.density(pool) * pool_d, scope="global", output=output,
                         output_density=out_base * out_d, structure=structure)
     new: Mask = {}
-    for name in mask:  # layerwise: each layer keeps base_layer_density * (1-rate)^level
-        d = out_base * out_d if name == output else mk.density({name: base[name]}) * pool_d
-        new.update(st.prune({name: scores[name]}, {name: mask[name]}, d, scope="layer",
-                            output=name if name == output else None, structure=structure))
-    return new
+    for part in st.units(list(mask), structure):  # layerwise (a channel group is one layer): each keeps
+        # base_layer_density * (1-rate)^level
+        d = out_base * out_d if part == [output] else mk.density({n: base[n] for n in part}) * pool_d
+        new.update(st.prune({n: scores[n] for n in part}, {n: mask[n] for n in part}, d, scope="layer",
+                            output=output if part == [output] else None, structure=structure))
+    return {n: new[n] for n in mask}

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from trainables.pruning import structure as st
 from trainables.pruning.masks import Mask
+from trainables.pruning.structure import Structure
 
 
 def _keep_lowest(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
@@ -40,12 +42,10 @@ def invert(scores: dict[str, torch.Tensor], candidates: Mask, ticket: Mask) -> M
     return out
 
 
-def inverted(scores: dict[str, torch.Tensor], candidates: Mask, ticket: Mask, structure: str,
+def inverted(scores: dict[str, torch.Tensor], candidates: Mask, ticket: Mask, structure: str | Structure,
              output: str | None) -> Mask:
     """The `invert` control's mask under any `prune.structure`: the lowest `scores` among `candidates` at the
     ticket's per-layer counts (whole rows or N:M groups for a structured ticket)."""
-    from trainables.pruning import structure as st
-
-    if structure == "unstructured":
+    if str(structure) == "unstructured":
         return invert(scores, candidates, ticket)
     return st.invert(scores, candidates, ticket, structure, output)

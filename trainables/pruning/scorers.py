@@ -155,7 +155,7 @@ def score(name: str, model: nn.Module, mask: Mask, ctx: ScoreContext) -> dict[st
 
 def prune_at_init(model: nn.Module, mask: Mask, ctx: ScoreContext, *, scorer: str, density: float,
                   output: str | None, output_density: float | None, scope: str,
-                  iterations: int, structure: str = "unstructured") -> Mask:
+                  iterations: int, structure: str | structured.Structure = "unstructured") -> Mask:
     """Prune to `density` of all entries of `mask` in `iterations` rounds of scoring, density_k =
     density**(k/n), k = 1..n. A named `output` layer ranks alone and reaches `output_density` (None: the
     same as `density`) by the same schedule; the other layers keep what makes the whole `density_k`.

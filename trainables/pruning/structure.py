@@ -7,6 +7,9 @@
   removing a row there would remove a class.
   Each layer (scope `layer`) keeps round(density * rows) rows; the global pool keeps the best-scored rows
   while their weights stay within half a row of density * pool weights: a density is exact within one row.
+  In a residual network the layers whose outputs meet in an addition (trainables/pruning/groups.py) keep the
+  same channels: their rows of one channel are one unit, scored by the sum, kept or removed together, and at
+  scope `layer` the group is one layer. `of(structure, model)` finds the groups; a bare `channel` has none.
 - `n:m`: at most n of every m consecutive weights along the input dimension (a convolution's groups run
   over input channels at each kernel position; 2:4 is what GPUs accelerate). The top-n of every group are
   the candidates; the level's density is then taken among them, so a mask's density is min(density, n/m).
@@ -31,6 +34,7 @@ from torch import nn
 
 from trainables import config
 from trainables.pruning import masks as mk
+from trainables.pruning.groups import channel_groups
 from trainables.pruning.masks import Mask
 from trainables.typed import ConfigError
 
@@ -43,6 +47,7 @@ class Structure:
     kind: str  # unstructured | channel | n:m
     n: int = 0
     m: int = 0
+    groups: tuple[tuple[str, ...], ...] = ()  # channel: weight names whose rows are kept together
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}" if self.kind == "n:m" else self.kind
@@ -59,6 +64,30 @@ def parse(text: str | Structure) -> Structure:
         return Structure("n:m", int(match[1]), int(match[2]))
     raise ConfigError(f"prune.structure: {text!r} is not one of unstructured, channel, n:m (N:M with "
                       f"0 < N < M <= 64, e.g. 2:4)")
+
+
+_GROUPS: dict[tuple[type, tuple[tuple[str, tuple[int, ...]], ...]], tuple[tuple[str, ...], ...]] = {}
+
+
+def of(text: str | Structure, model: nn.Module) -> Structure:
+    """The structure for `model`: a `channel` structure carries the model's residual channel groups."""
+    s = parse(text)
+    if s.kind != "channel":
+        return s
+    key = (type(model), tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+    if key not in _GROUPS:  # tracing takes milliseconds, but every level of every replicate asks
+        _GROUPS[key] = channel_groups(model)
+    return Structure("channel", groups=_GROUPS[key])
+
+
+def units(names: list[str], structure: str | Structure) -> list[list[str]]:
+    """`names` in the units pruned together: each channel group (its members among `names`), then one
+    unit per other name, in `names`' order."""
+    s = parse(structure)
+    grouped = [[n for n in g if n in names] for g in s.groups] if s.kind == "channel" else []
+    grouped = [g for g in grouped if g]
+    taken = {n for g in grouped for n in g}
+    return grouped + [[n] for n in names if n not in taken]
 
 
 def _check(t: config.Ticket) -> None:
@@ -96,6 +125,26 @@ def _prune_rows(scores: dict[str, torch.Tensor], mask: Mask, names: list[str], d
     out: Mask = {}
     for n, part in zip(names, keep_rows.split([a.numel() for a in alive]), strict=True):
         out[n] = (part[:, None] & _rows(mask[n]).to(device)).reshape(mask[n].shape).to(mask[n].device)
+    return out
+
+
+def _join(tensors: dict[str, torch.Tensor], parts: list[list[str]]) -> dict[str, torch.Tensor]:
+    """One (rows, columns) tensor per unit: its members' rows side by side (a channel's weights in every layer)."""
+    return {"+".join(p): torch.cat([_rows(tensors[n]) for n in p], 1) if len(p) > 1 else tensors[p[0]]
+            for p in parts}
+
+
+def _split(joined: Mask, parts: list[list[str]], like: Mask) -> Mask:
+    out: Mask = {}
+    for p in parts:
+        key = "+".join(p)
+        if key not in joined:
+            continue
+        if len(p) == 1:
+            out[p[0]] = joined[key]
+            continue
+        pieces = joined[key].split([_rows(like[n]).shape[1] for n in p], 1)
+        out.update({n: piece.reshape(like[n].shape) for n, piece in zip(p, pieces, strict=True)})
     return out
 
 
@@ -144,12 +193,13 @@ def prune(scores: dict[str, torch.Tensor], mask: Mask, density: float, *, scope:
         return mk.prune(scores, narrowed, density, scope=scope, output=output, output_density=output_density)
     out_density = density if output_density is None else output_density
     new: Mask = {}
-    rest = [n for n in mask if n != output]
-    if scope == "global" and rest:
-        new.update(_prune_rows(scores, mask, rest, density))
+    parts = units([n for n in mask if n != output], s)
+    joined_scores, joined = _join(scores, parts), _join(mask, parts)
+    if scope == "global" and parts:
+        new.update(_split(_prune_rows(joined_scores, joined, list(joined), density), parts, mask))
     elif scope == "layer":
-        for name in rest:
-            new.update(_prune_rows(scores, mask, [name], density))
+        for key in joined:
+            new.update(_split(_prune_rows(joined_scores, joined, [key], density), parts, mask))
     else:
         mk.prune(scores, mask, density, scope=scope)  # the scope's own error
     if output is not None:
@@ -183,10 +233,10 @@ def per_layer(scores: dict[str, torch.Tensor], candidates: Mask, counts: Mask, s
               output: str | None = None) -> Mask:
     """Each layer keeps the best `scores` among `candidates` at the kept count of `counts` (its density)."""
     out: Mask = {}
-    for name, kept in counts.items():
-        d = int(kept.sum()) / max(kept.numel(), 1)
-        out.update(prune({name: scores[name]}, {name: candidates[name]}, d, scope="layer",
-                         output=name if name == output else None, structure=structure))
+    for part in units(list(counts), structure):
+        d = sum(int(counts[n].sum()) for n in part) / max(sum(counts[n].numel() for n in part), 1)
+        out.update(prune({n: scores[n] for n in part}, {n: candidates[n] for n in part}, d, scope="layer",
+                         output=part[0] if part == [output] else None, structure=structure))
     return out
 
 
