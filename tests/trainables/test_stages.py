@@ -1,0 +1,95 @@
+"""Stage reuse: a trial whose dense level comes from the stage store finds exactly the ticket it would have
+found training it, trains fewer epochs, and says so; what may not be reused is not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainables.config import Ticket
+from trainables.io import stages
+from trainables.io.results import LevelResult
+from trainables.io.stagestore import StageStore
+from trainables.lottery import Lottery
+from trainables.staged import StagedLottery
+
+SMALL = {"model.name": "mlp", "model.widths": "32,16", "train.epochs": 2, "train.batch_size": 64,
+         "train.device": "cpu", "prune.levels": 2}
+
+
+def ticket(**kw: Any) -> Ticket:
+    return Ticket.from_flat({**SMALL, **kw})
+
+
+def run(lot: Lottery) -> tuple[list[LevelResult], list[dict[str, Any]]]:
+    rows: list[dict[str, Any]] = []
+    lot.on_epoch = rows.append
+    return list(lot.run()), rows
+
+
+def assert_same(a: list[LevelResult], b: list[LevelResult]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for m, n in zip(x.masks, y.masks, strict=True):
+            assert m.keys() == n.keys() and all(torch.equal(m[k], n[k]) for k in m), f"level {x.level} masks"
+        assert x.weights.keys() == y.weights.keys()
+        assert all(torch.equal(x.weights[k], y.weights[k]) for k in x.weights), f"level {x.level} weights"
+        jx, jy = x.to_json(), y.to_json()
+        jx.pop("wall_s"), jy.pop("wall_s")
+        assert json.dumps(jx, sort_keys=True) == json.dumps(jy, sort_keys=True), f"level {x.level}"  # NaN too
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"prune.rewind_iter": 7},
+    {"prune.rewind_iter": 7, "prune.rewind_order": "restart"},
+    {"prune.replicates": 2, "prune.scorer": "snip", "prune.controls": "reinit"},
+], ids=["k0", "through", "restart", "replicates-snip"])
+def test_a_reused_dense_level_gives_the_ticket_training_it_gives(tmp_path: Path, extra: dict[str, Any]) -> None:
+    store = StageStore(tmp_path)
+    first = StagedLottery(ticket(**{"prune.rate": 0.5, **extra}), store=store)
+    run(first)
+    assert not first.state.reused_stage and first.state.epochs_trained == first.state.epochs_total
+
+    other = ticket(**{"prune.rate": 0.3, **extra})  # another pruning key: the same dense level
+    reused = StagedLottery(other, store=store)
+    got, rows = run(reused)
+    plain = Lottery(other)
+    want, want_rows = run(plain)
+    assert_same(got, want)
+    assert reused.state.reused_stage and reused.state.epochs_total == plain.state.epochs_total
+    assert reused.state.epochs_trained == pytest.approx(plain.state.epochs_total - other.train.epochs)  # no level 0
+    assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in want_rows]  # level 0's curve replayed
+    assert rows[0]["epochs_trained"] == 0 and want_rows[0]["epochs_trained"] == want_rows[0]["epochs_total"]
+
+
+def test_a_missing_snapshot_trains_the_prefix_alone(tmp_path: Path) -> None:
+    store = StageStore(tmp_path)
+    run(StagedLottery(ticket(**{"prune.rewind_iter": 7}), store=store))
+    other = ticket(**{"prune.rewind_iter": 20})  # stored dense level, no snapshot at 20
+    reused = StagedLottery(other, store=store)
+    got, _ = run(reused)
+    want, _ = run(Lottery(other))
+    assert_same(got, want)
+    later = 2 * (other.train.epochs - 20 / reused.ipe)  # levels 1 and 2 train from iteration 20
+    assert reused.state.epochs_trained == pytest.approx(later + 20 / reused.ipe)  # + the prefix 0..20
+
+
+def test_keys_follow_what_changes_level_zero() -> None:
+    cpu = torch.device("cpu")
+    key = stages.dense_key(ticket(), cpu)
+    for same in ({"prune.rate": 0.7}, {"prune.scorer": "snip"}, {"prune.rewind_iter": 5},
+                 {"prune.controls": "reinit"}, {"data.root": "elsewhere"}, {"prune.target_density": 0.1}):
+        assert stages.dense_key(ticket(**same), cpu) == key, same
+    for other in ({"train.lr": 0.01}, {"train.seed": 1}, {"train.epochs": 3}, {"prune.replicates": 2},
+                  {"prune.bias": True}, {"model.widths": "32,8"}, {"data.val_fraction": 0.2},
+                  {"prune.rewind_iter": 5, "prune.rewind_order": "restart"}, {"prune.instability": True},
+                  {"prune.early_bird": True}):
+        assert stages.dense_key(ticket(**other), cpu) != key, other
+    eb = stages.dense_key(ticket(**{"prune.early_bird": True}), cpu)
+    assert stages.dense_key(ticket(**{"prune.early_bird": True, "prune.rate": 0.5}), cpu) != eb
+    assert stages.dense_key(ticket(**{"prune.method": "init", "prune.target_density": 0.1}), cpu) is None
