@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainables import paths
@@ -61,7 +62,7 @@ class StageStore:
         try:
             doc = json.loads((folder / paths.STAGE_JSON).read_text())
             tensors = load_file(str(folder / paths.STAGE_TENSORS))
-        except (OSError, ValueError):  # missing; or damaged by hand: produced again, renamed over it
+        except (OSError, ValueError, SafetensorError):  # missing; or damaged by hand: produced again, renamed over it
             return None
         return doc, tensors
 
