@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trainables.config import Ticket
-from trainables.io import stages
+from trainables.io import checkpoint, stages
 from trainables.io.results import LevelResult
 from trainables.io.stagestore import StageStore
 from trainables.lottery import Lottery
@@ -95,3 +95,14 @@ def test_keys_follow_what_changes_level_zero() -> None:
     eb = stages.dense_key(ticket(**{"prune.early_bird": True}), cpu)
     assert stages.dense_key(ticket(**{"prune.early_bird": True, "prune.rate": 0.5}), cpu) != eb
     assert stages.dense_key(ticket(**{"prune.method": "init", "prune.target_density": 0.1}), cpu) is None
+
+
+def test_a_checkpoint_keeps_the_books_of_a_reused_level(tmp_path: Path) -> None:
+    store = StageStore(tmp_path / "stages")
+    run(StagedLottery(ticket(), store=store))
+    lot = StagedLottery(ticket(**{"prune.rate": 0.4}), store=store)
+    next(iter(lot.run()))  # level 0, loaded
+    checkpoint.save(lot.state, tmp_path / "ckpt")
+    back = checkpoint.load(tmp_path / "ckpt")
+    assert back.reused_stage and back.epochs_trained == 0 and back.epochs_total == lot.state.epochs_total > 0
+    assert back.results[0].reused_stage
