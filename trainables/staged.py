@@ -98,6 +98,7 @@ class StagedLottery(Lottery):
             entry, _ = self.stages.obtain(stages.snapshot_key(self.stage_key, p.rewind_iter), self._prefix)
             s.rewind, s.start_iter = stages.snapshot_from_entry(entry), p.rewind_iter
         s.epochs_total += dense.result.epochs
+        dense.result.masks = [{n: m.to(self.device) for n, m in mask.items()} for mask in dense.result.masks]
         dense.result.reused_stage = True
         return dense.result
 

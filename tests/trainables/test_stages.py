@@ -44,12 +44,18 @@ def assert_same(a: list[LevelResult], b: list[LevelResult]) -> None:
         assert json.dumps(jx, sort_keys=True) == json.dumps(jy, sort_keys=True), f"level {x.level}"  # NaN too
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("extra", [
-    {},
-    {"prune.rewind_iter": 7},
-    {"prune.rewind_iter": 7, "prune.rewind_order": "restart"},
-    {"prune.replicates": 2, "prune.scorer": "snip", "prune.controls": "reinit"},
-], ids=["k0", "through", "restart", "replicates-snip"])
+    pytest.param({}, id="k0", marks=SLOW),
+    pytest.param({"prune.rewind_iter": 7}, id="through"),
+    pytest.param({"prune.rewind_iter": 7, "prune.rewind_order": "restart"}, id="restart", marks=SLOW),
+    pytest.param({"prune.replicates": 2, "prune.scorer": "snip", "prune.controls": "reinit"}, id="replicates-snip",
+                 marks=SLOW),
+    pytest.param({"prune.instability": True, "prune.instability_alphas": 3}, id="instability",  # twins at level 0
+                 marks=SLOW),
+])
 def test_a_reused_dense_level_gives_the_ticket_training_it_gives(tmp_path: Path, extra: dict[str, Any]) -> None:
     store = StageStore(tmp_path)
     first = StagedLottery(ticket(**{"prune.rate": 0.5, **extra}), store=store)

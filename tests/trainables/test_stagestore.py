@@ -58,6 +58,7 @@ def test_two_processes_needing_one_entry_produce_it_once(tmp_path: Path, spawn: 
     assert not list((tmp_path / "store").glob(f"*/{paths.STAGE_TMP_PREFIX}*"))
 
 
+@pytest.mark.slow
 def test_two_trials_needing_one_dense_level_train_it_once(tmp_path: Path, spawn: Any) -> None:
     with spawn(2) as pool:
         out = pool.starmap(_trial, [(str(tmp_path), 0.2), (str(tmp_path), 0.5)])
