@@ -62,18 +62,19 @@ def pruning_sweep(root: Path, name: str, s: Sizes, *, stages: str, levels: int |
     return doc
 
 
-def spent(outcome: SweepOutcome) -> tuple[float, int]:
-    """(epochs trained by all trials, trials that trained their dense level themselves)."""
-    total, trained_dense = 0.0, 0
+def spent(outcome: SweepOutcome, dense_epochs: int) -> tuple[float, int, float]:
+    """(epochs trained by all trials, trials that trained their dense level themselves, epochs trained outside
+    the pruned levels: dense levels and rewind prefixes)."""
+    total, trained_dense, outside = 0.0, 0, 0.0
     for r in outcome.results:
         df = r.metrics_dataframe
         if df is None or df.empty:
             continue
-        column = "epochs_trained" if "epochs_trained" in df else "epochs_total"
-        total += float(df[column].max())
-        reused = df["reused_stage"].max() if "reused_stage" in df else 0
-        trained_dense += not reused
-    return total, trained_dense
+        trained, represented = float(df["epochs_trained"].max()), float(df["epochs_total"].max())
+        total += trained
+        trained_dense += not df["reused_stage"].max()
+        outside += trained - (represented - dense_epochs)  # the pruned levels train what they represent
+    return total, trained_dense, outside
 
 
 def pruning_rows(s: Sizes, quick: bool) -> list[Row]:
@@ -85,13 +86,16 @@ def pruning_rows(s: Sizes, quick: bool) -> list[Row]:
             for reuse in (True, False):
                 stages = str(Path(tmp) / "stages") if reuse else "off"
                 doc = pruning_sweep(Path(tmp), f"{number}{'r' if reuse else 'n'}", s, stages=stages, levels=levels)
-                got[reuse] = spent(timed_sweep(doc)[1])
-        (with_r, dense_r), (without, dense_n) = got[True], got[False]
+                got[reuse] = spent(timed_sweep(doc)[1], s.trial_epochs)
+        (with_r, dense_r, outside_r), (without, dense_n, outside_n) = got[True], got[False]
         rows.append(Row(number, f"stage reuse: {TRIALS}-trial {label} sweep varying prune.rate, rewind_iter, scorer "
                         "(epochs trained)", "stage store", "without", with_r, without, without / with_r, "speedup", 2.0,
                         unit="epochs", why=why,
                         note=f"{s.trial_epochs} epochs per level; the dense level trained by {dense_r} trial(s) with "
-                             f"the store, by {dense_n} without"))
+                             f"the store, by {dense_n} without; dense levels and rewind prefixes: {outside_r:.1f} "
+                             f"epochs with the store, {outside_n:.1f} without; the pruned levels "
+                             f"{with_r - outside_r:.1f} and {without - outside_n:.1f} (reuse's bound: "
+                             f"{without / (without - outside_n + s.trial_epochs):.2f}x)"))
     return rows
 
 
