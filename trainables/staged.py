@@ -31,11 +31,11 @@ from trainables.training.members import TICKET, Member
 
 
 class StagedLottery(Lottery):
-    """`Lottery` whose dense level comes from `stages` when it is stored (see the module docstring)."""
+    """`Lottery` whose dense level comes from `store` when it is stored (see the module docstring)."""
 
     def __init__(self, ticket: Ticket, *, store: StageStore, **kwargs: Any) -> None:
         super().__init__(ticket, **kwargs)
-        self.stages = store
+        self.store = store
         self.stage_key = stages.dense_key(ticket, self.device)  # None: this ticket's level 0 is not reused
 
     def _train_level(self) -> LevelResult:
@@ -60,11 +60,11 @@ class StagedLottery(Lottery):
             produced.append(result)
             return self._dense(result, rows).entry()
 
-        entry, reused = self.stages.obtain(self.stage_key, produce)
+        entry, reused = self.store.obtain(self.stage_key, produce)
         if not reused:
             k = self.ticket.prune.rewind_iter
             if k and not stages.rewind_in_stage(self.ticket):  # the snapshot this run captured on its way
-                self.stages.save(stages.snapshot_key(self.stage_key, k), *stages.snapshot_entry(self.state.rewind))
+                self.store.save(stages.snapshot_key(self.stage_key, k), *stages.snapshot_entry(self.state.rewind))
             return produced[0]
         return self._load(stages.Dense.from_entry(entry))
 
@@ -95,7 +95,7 @@ class StagedLottery(Lottery):
             s.rewind, s.start_iter = dense.rewind, dense.start_iter
         elif p.rewind_iter:
             assert self.stage_key is not None
-            entry, _ = self.stages.obtain(stages.snapshot_key(self.stage_key, p.rewind_iter), self._prefix)
+            entry, _ = self.store.obtain(stages.snapshot_key(self.stage_key, p.rewind_iter), self._prefix)
             s.rewind, s.start_iter = stages.snapshot_from_entry(entry), p.rewind_iter
         s.epochs_total += dense.result.epochs
         dense.result.masks = [{n: m.to(self.device) for n, m in mask.items()} for mask in dense.result.masks]
