@@ -15,6 +15,7 @@ reported `epochs_trained` (`epochs_total` without the store: the two are then eq
 
     python -m benchmarks.reuse            # 9a, 9b and 7r/7s at full sizes (about 15-25 minutes on 2 cores)
     python -m benchmarks.reuse --quick    # small sizes (a few minutes)
+    python -m benchmarks.reuse --only 7r --seeds 2   # one part, fewer seeds
     python -m benchmarks.run --only 9     # the same rows through the benchmark command
 """
 
@@ -28,13 +29,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.common import FULL, QUICK, Row, Sizes, machine, markdown, table
 from benchmarks.service import SEARCH_VAL_FRACTION, WITHIN, epochs_to_reach, sweep_doc, timed_sweep, trial_outcomes
 from search.tune.runner import SweepOutcome
 
 TRIALS = 16  # 9a/9b: the issue's sweep
 LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]  # 7r: benchmark 7's range [1e-3, 0.5], on a log grid
-REUSE_SEEDS = {True: 1, False: 2}  # 7r: seeds (quick, full); each is 3 whole sweeps
+REUSE_SEEDS = {True: 1, False: 3}  # 7r: seeds (quick, full); each is 3 whole sweeps
 
 WHY_ONE_SHOT = ("a one-shot trial trains the dense level and one pruned level, so the dense level is at most half of "
                 "what a trial trains and reuse saves under 2x unless the rewind point shortens level 1; the prefix "
@@ -108,13 +111,13 @@ def search_doc(root: Path, name: str, s: Sizes, *, sampler: str, scheduler: str,
     return doc
 
 
-def search_rows(s: Sizes, quick: bool) -> list[Row]:
+def search_rows(s: Sizes, quick: bool, seeds: int = 0) -> list[Row]:
     """7r/7s: epochs until a ticket within 0.5 points of the best any of the three sweeps found."""
     logging.getLogger("ray").setLevel(logging.WARNING)
     arms = {"asha+reuse": ("tpe", "asha", True), "asha": ("tpe", "asha", False), "random": ("random", "none", False)}
     spent_by: dict[str, list[float]] = {a: [] for a in arms}
     missed = 0
-    seeds = REUSE_SEEDS[quick]
+    seeds = seeds or REUSE_SEEDS[quick]
     with tempfile.TemporaryDirectory(prefix="bench-reuse-search-") as tmp:
         for seed in range(seeds):
             trials = {}
@@ -133,7 +136,9 @@ def search_rows(s: Sizes, quick: bool) -> list[Row]:
               for a in ("asha+reuse", "asha")}
     note = (f"{s.search_trials} trials per sweep, {seeds} seed(s), train.lr from {LR_GRID}, val_fraction "
             f"{SEARCH_VAL_FRACTION}; epochs trained summed over trials in creation order up to the first that reached "
-            "the mark" + (f"; {missed} sweep(s) never reached it (counted at their total)" if missed else ""))
+            "the mark; per seed (ASHA+TPE with reuse / without / random): " +
+            ", ".join(f"{a:.0f}/{b:.0f}/{c:.0f}" for a, b, c in zip(*(spent_by[k] for k in arms), strict=True)) +
+            (f"; {missed} sweep(s) never reached it (counted at their total)" if missed else ""))
     name = "search efficiency: epochs to a ticket within 0.5 points of the best, lr on a grid"
     ours = statistics.median(spent_by["asha+reuse"])
     return [Row("7r", name, "ASHA+TPE with stage reuse", "random, no stopping", ours, random,
@@ -148,13 +153,18 @@ def reuse_rows(s: Sizes, quick: bool = False) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reuse", description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=0, help="7r: seeds (default 1 quick, 3 full)")
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
     parser.add_argument("--only", default="", help="9 (the 16-trial sweeps) or 7r (benchmark 7 with reuse)")
     parser.add_argument("--out", default="", help="markdown file to write the rows to ('' = print only)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    parts = {"9": pruning_rows, "7r": search_rows}
+    parts = {"9": pruning_rows, "7r": lambda s, quick: search_rows(s, quick, args.seeds)}
     wanted = [w.strip() for w in args.only.split(",") if w.strip()] or list(parts)
+    unknown = [w for w in wanted if w not in parts]
+    if unknown:
+        parser.error(f"--only: unknown part {', '.join(unknown)}; valid: {', '.join(parts)}")
+    torch.set_num_threads(1)  # as benchmarks.run: the driver's share of the 2 cores; trials get 1 thread each
     rows = [r for w in wanted for r in parts[w](sizes, args.quick)]
     from rich.console import Console
 
