@@ -77,8 +77,10 @@ class StageStore:
             (tmp / paths.STAGE_JSON).write_text(json.dumps(doc))
             if self.load(key) is not None:
                 return
+            damaged = folder.parent / f"{paths.STAGE_TMP_PREFIX}{uuid.uuid4().hex}"
             with contextlib.suppress(FileNotFoundError):  # a damaged entry: moved aside, then replaced
-                os.rename(folder, folder.parent / f"{paths.STAGE_TMP_PREFIX}{uuid.uuid4().hex}")
+                os.rename(folder, damaged)
+            shutil.rmtree(damaged, ignore_errors=True)
             with contextlib.suppress(OSError):  # another producer renamed first: same content, keep theirs
                 os.rename(tmp, folder)
         finally:
@@ -138,8 +140,10 @@ class StageStore:
     def _wait(self, lease: Path, key: str) -> None:
         """Until the entry appears or the lease goes; a lease silent for `lease_s` is removed (stale)."""
         seen, since = _look(lease), time.monotonic()
-        while seen is not None and not (self.folder(key) / paths.STAGE_JSON).exists():
-            time.sleep(self.poll_s)
+        while seen is not None:
+            time.sleep(self.poll_s)  # first, always: a damaged entry under a live lease must not spin
+            if (self.folder(key) / paths.STAGE_JSON).exists():  # complete: entries are renamed into place
+                return
             now = _look(lease)
             if now != seen:
                 seen, since = now, time.monotonic()
