@@ -112,3 +112,22 @@ def test_a_checkpoint_keeps_the_books_of_a_reused_level(tmp_path: Path) -> None:
     back = checkpoint.load(tmp_path / "ckpt")
     assert back.reused_stage and back.epochs_trained == 0 and back.epochs_total == lot.state.epochs_total > 0
     assert back.results[0].reused_stage
+
+
+@SLOW
+def test_an_early_bird_level_is_reused_under_its_own_keys_only(tmp_path: Path) -> None:
+    """Early-Bird ends level 0 where its keys say: the stage is keyed by them, its observation comes back."""
+    t = ticket(**{"prune.early_bird": True, "prune.eb_window": 2, "prune.eb_epsilon": 0.5, "train.epochs": 3,
+                  "prune.rate": 0.3})
+    store = StageStore(tmp_path)
+    run(StagedLottery(t, store=store))
+    again = StagedLottery(t, store=store)
+    got, _ = run(again)
+    plain = Lottery(t)
+    want, _ = run(plain)
+    assert again.state.reused_stage and plain.state.early_bird_epoch is not None
+    assert again.state.early_bird_epoch == plain.state.early_bird_epoch and got[0].epochs < t.train.epochs
+    assert_same(got, want)
+    other = StagedLottery(t.replace(**{"prune.rate": 0.5}), store=store)
+    next(iter(other.run()))
+    assert not other.state.reused_stage  # another rate draws other Early-Bird masks: trained anew
