@@ -4,7 +4,8 @@
                                              # writes benchmarks/RESULTS.md
     python -m benchmarks.run --quick         # smaller sizes, fewer repetitions: a few minutes (`make bench`);
                                              # prints the table only, unless --out names a file
-    python -m benchmarks.run --only 1,3      # some of them (numbers as in the issue: 1-7; 8 = inference latency)
+    python -m benchmarks.run --only 1,3      # some of them (numbers as in the issue: 1-7; 8 = inference latency;
+                                             # 9 = stage reuse with benchmark 7 rerun as 7r, benchmarks/reuse.py)
 
 Each benchmark times "ours" and "theirs" alternately in this one process and reports the median of the
 per-repetition ratios (benchmarks/common.py). Benchmarks 5-7 start a local Ray, an MLflow sqlite store and
@@ -46,6 +47,11 @@ def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:
             return getattr(svc, name)(s)
         return run
 
+    def reuse() -> list[Row]:
+        from benchmarks import reuse as rs  # Ray, MLflow and Optuna, like the service benchmarks
+
+        return rs.reuse_rows(s, quick=s == QUICK)
+
     return {
         "1": lambda: engine.data_path(s.reps),
         "2": lambda: engine.mask_cost(s.reps),
@@ -55,6 +61,7 @@ def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:
         "6": service("tracking"),
         "7": service("search_efficiency"),
         "8": lambda: latency.latency(s.latency_reps),
+        "9": reuse,
     }
 
 

@@ -55,8 +55,9 @@ WHY_SEARCH = ("ASHA stops a trial whose dense level trails (grace period: one le
 
 
 def sweep_doc(root: Path, name: str, s: Sizes, *, sampler: str, scheduler: str, seed: int = 0,
-              val_fraction: float = 0.1) -> dict[str, Any]:
-    """A digits sweep sized like sweeps/digits.toml: lenet300, IMP to density 0.2, rate and lr searched."""
+              val_fraction: float = 0.1, stages: str = "off") -> dict[str, Any]:
+    """A digits sweep sized like sweeps/digits.toml: lenet300, IMP to density 0.2, rate and lr searched; the
+    stage store off unless `stages` names a folder (benchmarks/reuse.py measures what it saves)."""
     return {
         "name": name,
         "base": {"data.name": "digits", "data.val_fraction": val_fraction, "model.name": "lenet300",
@@ -70,7 +71,7 @@ def sweep_doc(root: Path, name: str, s: Sizes, *, sampler: str, scheduler: str, 
         "scheduler": {"name": scheduler, "grace_period": s.trial_epochs, "reduction_factor": 3},
         "budget": {"num_samples": s.sweep_trials, "max_concurrent": 2},
         "resources": {"cpu": 1},
-        "storage": {"root": str(root / "runs")},
+        "storage": {"root": str(root / "runs"), "stages": stages},
     }
 
 
@@ -148,10 +149,10 @@ def search_efficiency(s: Sizes) -> list[Row]:
                 doc = sweep_doc(Path(tmp), f"{label}{seed}", s, sampler=sampler, scheduler=scheduler, seed=seed,
                                 val_fraction=SEARCH_VAL_FRACTION)
                 doc["budget"]["num_samples"] = s.search_trials
-                trials[label] = _trials(timed_sweep(doc)[1])
+                trials[label] = trial_outcomes(timed_sweep(doc)[1])
             best = max(score for ts in trials.values() for _, score in ts)
             for label, ts in trials.items():
-                epochs, reached = _epochs_to_reach(ts, best - WITHIN)
+                epochs, reached = epochs_to_reach(ts, best - WITHIN)
                 spent[label].append(epochs)
                 missed += not reached
             ratios.append(spent["random"][-1] / spent["asha"][-1])
@@ -164,21 +165,23 @@ def search_efficiency(s: Sizes) -> list[Row]:
                  statistics.median(ratios), 3.0, kind="speedup", unit="epochs", note=note, why=WHY_SEARCH)]
 
 
-def _trials(outcome: SweepOutcome) -> list[tuple[float, float]]:
-    """(epochs spent, final val_score or -inf if stopped early) per trial, in creation order."""
+def trial_outcomes(outcome: SweepOutcome, spent: str = "epochs_total") -> list[tuple[float, float]]:
+    """(epochs spent, final val_score or -inf if stopped early) per trial, in creation order; `spent` names the
+    reported count: `epochs_total` (what the ticket represents) or `epochs_trained` (less, where the trial
+    loaded its dense level from the stage store)."""
     out = []
     for r in sorted(outcome.results, key=lambda r: str(r.metrics.get("trial_id", ""))):
         df = r.metrics_dataframe
         if df is None or df.empty:
             continue
-        epochs = float(df["epochs_total"].max())
+        epochs = float(df[spent].max())
         finals = df[df["final"] == True]  # noqa: E712 - a pandas column comparison, not an identity test
         score = float(finals["val_score"].iloc[-1]) if len(finals) else float("-inf")
         out.append((epochs, score))
     return out
 
 
-def _epochs_to_reach(trials: list[tuple[float, float]], mark: float) -> tuple[float, bool]:
+def epochs_to_reach(trials: list[tuple[float, float]], mark: float) -> tuple[float, bool]:
     total = 0.0
     for epochs, score in trials:
         total += epochs

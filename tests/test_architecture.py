@@ -33,7 +33,7 @@ FLOORS = [
     ("trainables.pruning",),
     ("trainables.training",),
     ("trainables.io",),
-    ("trainables.lottery",),
+    ("trainables.lottery", "trainables.staged"),
     ("trainables.trial", "trainables.trainable", "trainables"),
 ]
 

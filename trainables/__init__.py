@@ -1,7 +1,7 @@
 """The science engine: ticket searches (IMP, pruning at initialisation) on any task, run on workers.
 
 Floors, lowest first (an import only goes down; tests/test_architecture.py checks it): config, typed,
-paths, seeds -> models -> tasks -> pruning -> training -> io -> lottery -> trial, trainable. Never imports
+paths, seeds -> models -> tasks -> pruning -> training -> io -> lottery, staged -> trial, trainable. Never imports
 search, mlflow or optuna.
 
 The registries that declare valid names (models, task families, scorers, controls, optimizers and

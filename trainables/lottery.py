@@ -162,6 +162,7 @@ class Lottery:
             end = train_members(members, self.task, self.ticket.train, start=0, stop=stop,
                                 hooks=self._hooks(0, 0, members))
             self.state.epochs_total += end / self.ipe
+            self.state.epochs_trained += end / self.ipe
             self.state.rewind = [copy_weights(m.model.state_dict()) for m in members]
             self.state.start_iter = end
             if end >= self.total:
@@ -214,16 +215,13 @@ class Lottery:
         else:
             end = train_members(members, self.task, self.ticket.train, start=start, stop=self.total,
                                 capture_at=capture, hooks=self._hooks(level, start, members))
-        if level == 0:
-            tickets = [m for m in members if m.name == TICKET]
-            if capture is not None:  # rewind point k > 0 (or the Early-Bird point if training stopped first)
-                self.state.rewind = [copy_weights(m.snapshot or m.model.state_dict()) for m in tickets]
-                self.state.start_iter = min(capture, end)
-            self._trained = tickets
-        else:
-            self._trained = [m for m in members if m.name == TICKET]
+        self._trained = [m for m in members if m.name == TICKET]
+        if level == 0 and capture is not None:  # rewind point k > 0 (or the Early-Bird point if training stopped first)
+            self.state.rewind = [copy_weights(m.snapshot or m.model.state_dict()) for m in self._trained]
+            self.state.start_iter = min(capture, end)
         epochs = (end - start) / self.ipe
         self.state.epochs_total += epochs
+        self.state.epochs_trained += epochs
         rows = [member_result(m, self.task) for m in members if m.name != TWIN]
         ticket_masks = [m.mask if m.mask is not None else {} for m in self._trained]
         result = summarise(level, rows, ticket_masks, mk.layer_density(ticket_masks[0]),
@@ -286,12 +284,13 @@ class Lottery:
 
     def _report(self, level: int, start: int, it: int, members: list[Member]) -> None:
         if self.on_epoch is None:
-            return
+            return  # nobody listens
         tickets = [m.history[-1] for m in members if m.name == TICKET]
         row: dict[str, Any] = {
             "level": level, "iteration": it, "epoch": it / self.ipe,
             "epochs_total": self.state.epochs_total + (it - start) / self.ipe,
             "iterations_total": round(self.state.epochs_total * self.ipe) + it - start,
+            "epochs_trained": self.state.epochs_trained + (it - start) / self.ipe,
             "density": mk.density(members[0].mask) if members[0].mask else 1.0}
         for key in ("val_acc", "val_loss", "val_score"):
             row[key] = sum(t[key] for t in tickets) / len(tickets)

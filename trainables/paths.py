@@ -25,6 +25,13 @@ STATE_JSON = "state.json"
 STATE_TENSORS = re.compile(r"state-\d{3,}-\d{3,}\.safetensors")  # what state.json may name: a name, never a path
 STATE_TENSORS_GLOB = "state-*.safetensors"
 
+# the stage store of trained states (trainables/io/stagestore.py): <root>/<key[:2]>/<key>/stage.json ...
+STAGES_DIR = "stages"  # under a sweep's storage root
+STAGE_JSON = "stage.json"
+STAGE_TENSORS = "stage.safetensors"
+STAGE_LEASE_SUFFIX = ".lease"  # <root>/<key[:2]>/<key>.lease: who is producing that entry
+STAGE_TMP_PREFIX = ".tmp-"  # an entry being written, renamed into place when complete
+
 # an exported ticket (trainables/io/ticketio.py), and the artifacts of ticket and trial runs
 TICKET_JSON = "ticket.json"
 MASK_FILE = "mask.safetensors"

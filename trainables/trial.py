@@ -4,9 +4,11 @@ A sweep runs it inside Ray Tune (trainables/trainable.py hands it a `Reporter` t
 benchmarks run the very same body without Tune (benchmarks/trial.py). Tracking comes in from outside as a
 `Sink` object, so workers log with explicit run ids and `trainables/` never imports MLflow.
 
-Each evaluation (end of an epoch) is reported with `epochs_total` (cumulative epochs, the scheduler's
-time attribute); each level boundary is reported with the level's metrics and a checkpoint, from which
-a failed or resumed trial continues. A trial whose loss goes NaN/inf ends FAILED without a retry (it
+Each evaluation (end of an epoch) is reported with `epochs_total` (cumulative epochs the ticket represents,
+the scheduler's time attribute) and `epochs_trained` (what this trial trained: less, where its dense level
+came from the stage store named by the config entry `storage.stages`, trainables/staged.py); each level
+boundary is reported with the level's metrics and a checkpoint, from which a failed or resumed trial
+continues. A trial whose loss goes NaN/inf ends FAILED without a retry (it
 would diverge again), and so does one whose sampled configuration cannot run (a `prune.rewind_iter` past
 the end of training: a ConfigError, reported with `invalid`); any other error (a lost node, a full disk)
 fails the trial, and Ray restarts it from its last level checkpoint (`FailureConfig`).
@@ -25,7 +27,9 @@ from trainables.io import checkpoint
 from trainables.io.checkpoint import State
 from trainables.io.latency import measure_latency
 from trainables.io.results import LevelResult, instability_metrics
+from trainables.io.stagestore import StageStore
 from trainables.lottery import Lottery
+from trainables.staged import StagedLottery
 from trainables.tasks.classification.datasets import DatasetMissing
 from trainables.training.members import Diverged
 
@@ -37,6 +41,8 @@ QUICK_FINISH_S = 30.0  # s a failing trial waits for the tracking server: its ow
 STOPPED_FINISH_S = 1.0
 # A trial config entry (not a ticket key): measure each level's exported latency (the latency_pareto objective)
 MEASURE_LATENCY = "measure.latency"
+# A trial config entry: the stage store's folder (trainables/staged.py); absent or "" = train every level
+STAGE_STORE = "storage.stages"
 
 
 class Sink(Protocol):
@@ -80,7 +86,8 @@ def level_metrics(result: LevelResult, state: State) -> dict[str, Any]:
     return {"level": result.level, "density": result.density, "sparsity": 1 - result.density,
             "val_acc": result.val_acc, "val_loss": result.val_loss, "val_score": result.val_score,
             "test_acc": result.test_acc, "test_score": result.test_score, "collapsed": int(result.collapsed),
-            "epochs_total": state.epochs_total, "level_done": True, "final": state.done, "diverged": 0,
+            "epochs_total": state.epochs_total, "epochs_trained": state.epochs_trained,
+            "reused_stage": int(result.reused_stage), "level_done": True, "final": state.done, "diverged": 0,
             **result.stats,  # <score>_mean/_std/_n/_ci95 over replicates (trainables/stats.py)
             **{f"margin_{c}_{k}": v for c, m in result.margins.items() for k, v in m.items()},
             **instability_metrics(result),
@@ -93,6 +100,7 @@ def failed_metrics(flag: str, reason: str, state: State | None) -> dict[str, Any
     density = state.results[-1].density if state is not None and state.results else 1.0
     return {"level": state.level if state is not None else 0, "density": density, "sparsity": 1 - density,
             "val_score": math.nan, "epochs_total": state.epochs_total if state is not None else 0.0,
+            "epochs_trained": state.epochs_trained if state is not None else 0.0,
             "collapsed": 0, "level_done": False, "final": False, "diverged": 0, flag: 1, "status_reason": reason}
 
 
@@ -125,7 +133,9 @@ def run_trial(config: Mapping[str, Any], reporter: Reporter, sink: Sink | None =
                              "final": False, "diverged": 0})
 
     try:
-        lottery = Lottery(ticket, state=state, on_epoch=on_epoch)
+        root = config.get(STAGE_STORE)
+        lottery = (StagedLottery(ticket, store=StageStore(root), state=state, on_epoch=on_epoch) if root
+                   else Lottery(ticket, state=state, on_epoch=on_epoch))
         for result in lottery.run():
             if config.get(MEASURE_LATENCY):  # before anything records the level: the sink and checkpoint carry it
                 result.latency_ms = measure_latency(ticket, lottery.task.input_shape, lottery.task.num_outputs,

@@ -48,7 +48,7 @@ ENTRIES: dict[str, str] = {
     **{f"budget.{a}": a for a in ("num_samples", "max_concurrent", "time_limit_s")},
     "resources.cpu": "cpu", "resources.gpu": "gpu",
     **{f"storage.{a}": a for a in ("root", "tracking_uri", "artifact_root", "optuna_storage",
-                                   "ray_storage", "ray_address")},
+                                   "ray_storage", "ray_address", "stages")},
 }
 SECTIONS = ("objective", "search", "scheduler", "budget", "resources", "storage")
 TOP_LEVEL = ("name", "smoke", "base", "space", *SECTIONS)
@@ -88,6 +88,7 @@ class Sweep:
     optuna_storage: str  # a journal file path, or a SQLAlchemy URL when it has a scheme
     ray_storage: str
     ray_address: str  # "" = start a local Ray
+    stages: str  # the stage store's folder (trainables/staged.py), or "off"
     smoke: bool = False
 
     @property
@@ -117,7 +118,7 @@ class Sweep:
 _TYPES = typing.get_type_hints(Sweep)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Sweep) if f.default is not dataclasses.MISSING}
 _DEFAULTS.update(root=DEFAULT_ROOT, tracking_uri="", artifact_root="", optuna_storage="", ray_storage="",
-                 ray_address="")
+                 ray_address="", stages="")
 
 
 def load_sweep(path: str | Path, sets: list[str] | None = None, *, smoke: bool = False,

@@ -3,7 +3,8 @@
 Storage entries resolve to absolute paths and full URIs before Ray starts (trials run with their cwd in
 a Ray trial folder, and Ray wants an absolute storage path). Empty entries take the embedded defaults
 under `[storage] root`: MLflow `sqlite:///<root>/mlflow.db` with `<root>/artifacts`, the Optuna journal
-`<root>/optuna/<name>.journal` and Ray results in `<root>/ray`; the resolved sweep itself is recorded in
+`<root>/optuna/<name>.journal`, Ray results in `<root>/ray` and the stage store of trained dense levels in
+`<root>/stages` (`off` turns it off); the resolved sweep itself is recorded in
 `<root>/sweeps/<name>.json` (what `resume` reads). `dump_toml` writes a
 `Sweep.to_toml_dict()` document as TOML text, since the standard library reads TOML but cannot write it.
 """
@@ -16,9 +17,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from trainables import paths
 from trainables.typed import ConfigError
 
 DEFAULT_ROOT = "runs"  # [storage] root, and where the CLI looks for a store when told nothing
+STAGES_OFF = "off"  # [storage] stages = "off": no stage reuse
 MLFLOW_DB, ARTIFACTS_DIR, OPTUNA_DIR, RAY_DIR, SWEEPS_DIR = "mlflow.db", "artifacts", "optuna", "ray", "sweeps"
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")  # s3://, runs:/, postgresql+psycopg2://
 USERINFO_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@?#]*:[^/@?#]*@")  # scheme://user:password@
@@ -44,7 +47,20 @@ def resolve_storage(entries: dict[str, Any], cwd: Path) -> dict[str, str]:
             or os.path.join(root, OPTUNA_DIR, f"{entries['name']}.journal"),
             "ray_storage": _location(entries["ray_storage"], cwd, "[storage] ray_storage")
             or os.path.join(root, RAY_DIR),
-            "ray_address": entries["ray_address"].strip()}
+            "ray_address": entries["ray_address"].strip(),
+            "stages": _stages(entries["stages"], root, cwd)}
+
+
+def _stages(text: str, root: str, cwd: Path) -> str:
+    """The stage store's folder: `<root>/stages` by default, "off" to train every trial's every level. It takes
+    leases by atomic file creation, so it needs a file system every node mounts, not a bucket."""
+    text = text.strip()
+    if text.lower() == STAGES_OFF:
+        return STAGES_OFF
+    if SCHEME.match(text):
+        raise ConfigError(f"[storage] stages: {text!r} is a URI; the stage store needs a folder (on a cluster, on "
+                          "the shared disk every node mounts) or off")
+    return absolute(text, cwd, "[storage] stages") if text else os.path.join(root, paths.STAGES_DIR)
 
 
 def record_path(root: str | Path, name: str) -> Path:

@@ -34,7 +34,7 @@ DESCRIBING = {"dataset": "data.name", "model": "model.name", "scorer": "prune.sc
               "method": "prune.method", "structure": "prune.structure"}  # tag -> flat key it copies
 TICKET_METRICS = ("density", "sparsity", "val_acc", "test_acc", "val_score", "test_score", "val_loss",
                   "test_loss", "best_val_acc", "val_acc_std", "test_acc_std", "level", "early_stop_iter",
-                  "collapsed", "epochs", "iterations", "wall_s")
+                  "collapsed", "epochs", "iterations", "wall_s", "reused_stage")
 # Over replicates (trainables/stats.py), on ticket runs and in Ray results: <score>_mean, _std, _n, _ci95 for
 # every score of trainables.stats.SCORES; paired margins: margin_<control>_<score>_<suffix> on the ticket run,
 # margin_<score>_<suffix> on the control's own run. `confirm` writes the same names prefixed CONFIRMED.
@@ -50,7 +50,8 @@ def margin_metric(control: str, name: str) -> str:
 CONTROL_SCORE = "val_score_{control}"  # ticket-run metric: each control's val_score, so margins need no query
 LATENCY = "latency_ms"  # ticket run: batch-1 CPU latency of the exported ticket (objective latency_pareto)
 MASK_INFORMATION = "mask_information"  # ticket run: 1 = the mask beats `shuffle` (95% interval above 0), else 0
-EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "level")  # trial run, per evaluation
+# trial run, per evaluation; epochs_trained < epochs_total where the dense level came from the stage store
+EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "epochs_trained", "level")
 TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
 PARAM_OBJECTIVE = "objective"  # parent-run params the queries read back (search/results/query.py)
 PARAM_TARGET = "target_density"

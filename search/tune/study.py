@@ -23,9 +23,10 @@ import optuna
 from search.sweep import objectives
 from search.sweep.file import Sweep
 from search.sweep.space import Dim, bound
+from search.sweep.storage import STAGES_OFF
 from search.tune import algorithms
 from search.tune.searcher import TicketOptunaSearch
-from trainables.trial import MEASURE_LATENCY
+from trainables.trial import MEASURE_LATENCY, STAGE_STORE
 
 
 def optuna_storage(url_or_path: str) -> optuna.storages.BaseStorage:
@@ -80,6 +81,8 @@ def param_space(sweep: Sweep) -> dict[str, Any]:
     """Ray's param_space: the base ticket as constants; Optuna's define-by-run values override them per
     trial, and the trial reads the merged dict (`trainables.trial.trial_ticket`)."""
     space = {k: list(v) if isinstance(v, tuple) else v for k, v in sweep.base.flat().items()}
+    if sweep.stages != STAGES_OFF:
+        space[STAGE_STORE] = sweep.stages  # trials load a dense level another trial trained (trainables/staged.py)
     if objectives.get(sweep.objective).measures_latency:
         space[MEASURE_LATENCY] = True  # trials time each level's exported ticket (trainables/io/latency.py)
     return space

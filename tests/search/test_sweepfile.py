@@ -285,3 +285,18 @@ def test_junk_either_loads_or_raises_one_line_config_error(
         sweep_from_dict(d, [f"{k}={v}" for k, v in sets])
     except ConfigError as e:
         assert "\n" not in str(e) and str(e).startswith("sweep: ")
+
+
+def test_the_stage_store_lives_under_the_root_unless_told_otherwise(tmp_path: Path) -> None:
+    from search.tune.study import param_space
+    from trainables.trial import STAGE_STORE
+
+    d = doc(storage={"root": str(tmp_path / "runs")})
+    s = sweep_from_dict(d, cwd=tmp_path)
+    assert s.stages == str(tmp_path / "runs" / "stages") and param_space(s)[STAGE_STORE] == s.stages
+    assert sweep_from_dict(d, ["storage.stages=shared/st"], cwd=tmp_path).stages == str(tmp_path / "shared" / "st")
+    off = sweep_from_dict(d, ["storage.stages=off"], cwd=tmp_path)
+    assert off.stages == "off" and STAGE_STORE not in param_space(off)
+    assert sweep_from_dict(off.to_toml_dict(), cwd=tmp_path).stages == "off"  # resume keeps it
+    with pytest.raises(ConfigError, match=r"\[storage\] stages: 's3://b/st' is a URI; the stage store needs a folder"):
+        sweep_from_dict(d, ["storage.stages=s3://b/st"], cwd=tmp_path)

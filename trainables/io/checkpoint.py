@@ -42,7 +42,11 @@ class State:
     masks: list[Mask] = field(default_factory=list)  # per replicate: the mask the next level uses
     rewind: list[StateDict] = field(default_factory=list)  # per replicate: weights at the rewind point
     start_iter: int = 0  # iteration the next level starts training at (the rewind point)
-    epochs_total: float = 0.0  # epochs trained so far, all levels and members' shared passes
+    epochs_total: float = 0.0  # epochs the ticket represents so far, all levels and members' shared passes
+    # epochs this trial trained itself: epochs_total less what it loaded from the stage store (trainables/staged.py),
+    # plus the prefix it trained to reach a rewind point the store lacked
+    epochs_trained: float = 0.0
+    reused_stage: bool = False  # its dense level came from the stage store
     early_bird_epoch: int | None = None
     early_bird: dict[str, Any] | None = None  # EarlyBird.state_dict()
     invert: list[Mask] = field(default_factory=list)  # per replicate: the `invert` control's next mask
@@ -52,25 +56,27 @@ class CheckpointError(ConfigError):
     """A checkpoint folder that cannot be read back."""
 
 
-def _split(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """Replace every tensor inside dicts/lists by a reference, collecting the tensors."""
+def split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor inside dicts/lists by a reference, collecting the tensors (JSON-ready; the stage
+    store files its entries the same way)."""
     if isinstance(obj, torch.Tensor):
         tensors[prefix] = obj.detach().cpu().contiguous().clone()
         return {_TENSOR: prefix}
     if isinstance(obj, dict):
-        return {k: _split(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
+        return {k: split_tensors(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_split(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
+        return [split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
     return obj
 
 
-def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """`split_tensors` undone: references replaced by the tensors."""
     if isinstance(obj, dict):
         if set(obj) == {_TENSOR}:
             return tensors[obj[_TENSOR]]
-        return {k: _join(v, tensors) for k, v in obj.items()}
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_join(v, tensors) for v in obj]
+        return [join_tensors(v, tensors) for v in obj]
     return obj
 
 
@@ -83,9 +89,10 @@ def save(state: State, folder: str | Path, config: dict[str, Any] | None = None)
     doc = {
         "level": state.level, "done": state.done, "start_iter": state.start_iter,
         "epochs_total": state.epochs_total, "early_bird_epoch": state.early_bird_epoch,
+        "epochs_trained": state.epochs_trained, "reused_stage": state.reused_stage,
         "results": [r.to_json() for r in state.results],
         **({"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}} if config else {}),
-        "tensors": _split({"masks": state.masks, "rewind": state.rewind, "early_bird": state.early_bird,
+        "tensors": split_tensors({"masks": state.masks, "rewind": state.rewind, "early_bird": state.early_bird,
                            "result_masks": [r.masks for r in state.results], "invert": state.invert,
                            "result_weights": [r.weights for r in state.results]}, "t", tensors),
     }
@@ -116,7 +123,7 @@ def load(folder: str | Path) -> State:
         if not isinstance(name, str) or not paths.STATE_TENSORS.fullmatch(name):  # a name, never a path elsewhere
             raise ValueError(f"tensor_file {str(name)[:80]!r} is not state-NNN-NNN.safetensors")
         tensors = load_file(str(folder / name))
-        parts = _join(doc["tensors"], tensors)
+        parts = join_tensors(doc["tensors"], tensors)
         results = [LevelResult.from_json(r) for r in doc["results"]]
         for r, m in zip(results, parts["result_masks"], strict=True):
             r.masks = m
@@ -125,6 +132,8 @@ def load(folder: str | Path) -> State:
         state = State(level=int(doc["level"]), done=bool(doc["done"]), results=results, masks=parts["masks"],
                       rewind=parts["rewind"], start_iter=int(doc["start_iter"]),
                       epochs_total=float(doc["epochs_total"]), early_bird_epoch=doc["early_bird_epoch"],
+                      epochs_trained=float(doc.get("epochs_trained", doc["epochs_total"])),
+                      reused_stage=bool(doc.get("reused_stage", False)),
                       early_bird=parts["early_bird"], invert=parts.get("invert") or [])
         _check(state)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, SafetensorError) as e:

@@ -69,6 +69,7 @@ class LevelResult:
     # control -> paired margins, replicate r's ticket minus replicate r's control: `val_score_mean` ...
     margins: dict[str, dict[str, float]] = field(default_factory=dict)
     latency_ms: float = math.nan  # the exported ticket's inference latency, when a sweep measures it (io/latency.py)
+    reused_stage: bool = False  # loaded from the stage store, not trained by this trial (trainables/staged.py)
     members: list[MemberResult] = field(default_factory=list)
     masks: list[Mask] = field(default_factory=list, repr=False)  # one per replicate
     # prune.instability: {"val", "test": error barriers, means over replicates; "val_per_replicate",
