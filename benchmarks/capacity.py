@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks import capacity_driver as drv
 from benchmarks import capacity_server as srv
+from benchmarks import capacity_study as stu
 from benchmarks.common import machine
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -82,6 +83,16 @@ def server_cells(args: argparse.Namespace, tmp: Path) -> list[tuple[str, srv.Ser
         cells.append(("system-metrics samples", srv.measure(max(args.workers), max(args.clients), 0, tmp,
                                                             samples=args.samples)))
     return cells
+
+
+def study_cells(args: argparse.Namespace, pg: str) -> list[stu.StudyCell]:
+    return [stu.measure(pg, trials, values) for trials, values in args.study]
+
+
+def study_table(cells: list[stu.StudyCell]) -> list[str]:
+    lines = ["| finished trials in the study | intermediate values per trial | one ask + suggestions |",
+             "|---|---|---|"]
+    return lines + [f"| {c.trials:,} | {c.values} | {c.ask_s * 1e3:.0f} ms |" for c in cells]
 
 
 def driver_table(cells: list[drv.DriverCell]) -> list[str]:
@@ -142,7 +153,7 @@ def verdict(drivers: list[drv.DriverCell], servers: list[tuple[str, srv.ServerCe
 
 
 def section(drivers: list[drv.DriverCell], servers: list[tuple[str, srv.ServerCell]], args: argparse.Namespace,
-            info: dict[str, str], command: str) -> str:
+            info: dict[str, str], command: str, studies: list[stu.StudyCell] | None = None) -> str:
     lines = [START, "## Capacity at cluster scale (`python -m benchmarks.capacity`)", "",
              f"Command: `{command}`; {info['date']}; load average (1 min) at start {info['load']}, at end "
              f"{info['load_end']} on {info['cpus']} shared vCPUs (other work ran beside it). Method: "
@@ -155,6 +166,9 @@ def section(drivers: list[drv.DriverCell], servers: list[tuple[str, srv.ServerCe
         lines += [f"Server: `mlflow server` on PostgreSQL, artifacts proxied; each client runs {args.client_trials} "
                   f"trial(s) of {srv.LEVELS + 1} levels x {1 + len(srv.CONTROLS)} runs through MlflowSink "
                   "(latency: client seconds in tracking calls per ticket run).", "", *server_table(servers), ""]
+    if studies:
+        lines += ["Searcher: one Optuna suggestion on the driver (the sweep's TPE sampler and space), the study in "
+                  "PostgreSQL.", "", *study_table(studies), ""]
     lines += verdict(drivers, servers, args) + [END]
     return "\n".join(lines) + "\n"
 
@@ -171,10 +185,14 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _cells(text: str) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in (x.split("x") for x in text.split(",") if x.strip())]
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, no before/after, prints only")
-    p.add_argument("--parts", default="driver,server", help="driver, server or both (default)")
+    p.add_argument("--parts", default="driver,server,study", help="driver, server, study: any of them (default all)")
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--cpus", type=int, default=16, help="logical CPUs per simulated node")
     p.add_argument("--trials", type=_ints, default=[8, 32, 64], help="concurrent trials, comma list")
@@ -185,6 +203,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=_ints, default=[1, 4, 16], help="client processes, comma list")
     p.add_argument("--client-trials", type=int, default=1)
     p.add_argument("--samples", type=int, default=50, help="system-metrics samples per client (0: none)")
+    p.add_argument("--study", type=_cells, default=_cells("100x1,100x30,1000x1,1000x30"),
+                   help="searcher rows, TRIALSxVALUES comma list (finished trials x intermediate values each)")
     p.add_argument("--target", type=int, default=TARGET, help="concurrent trials of the sweep to size for")
     p.add_argument("--result-s", type=float, default=30.0, help="seconds between a trial's results (an epoch)")
     p.add_argument("--level-results", type=int, default=30, help="results per level (epochs per level)")
@@ -195,6 +215,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.dry_run:
         args.nodes, args.cpus, args.trials, args.window = 1, 2, [2], 1.0
         args.workers, args.clients, args.client_trials, args.samples, args.buffer = [1], [1], 1, 5, 0
+        args.study = [(3, 2)]
         args.out = "" if args.out is None else args.out
     return args
 
@@ -205,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {**machine(), "load": f"{os.getloadavg()[0]:.1f}"}
     drivers: list[drv.DriverCell] = []
     servers: list[tuple[str, srv.ServerCell]] = []
+    studies: list[stu.StudyCell] = []
     with tempfile.TemporaryDirectory(prefix="bench-capacity-") as folder:
         tmp = Path(folder)
         if "driver" in parts:
@@ -214,9 +236,14 @@ def main(argv: list[str] | None = None) -> int:
                 drivers = driver_cells(args, pg, tmp)
         if "server" in parts:
             servers = server_cells(args, tmp)
+        if "study" in parts:
+            from tests.helpers.servers import postgres_database
+
+            with postgres_database("ts_bench_capacity") as pg:
+                studies = study_cells(args, pg)
     info["load_end"] = f"{os.getloadavg()[0]:.1f}"
     command = "python -m benchmarks.capacity " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = section(drivers, servers, args, info, command.strip())
+    text = section(drivers, servers, args, info, command.strip(), studies)
     print(text)
     out = RESULTS if args.out is None else (Path(args.out) if args.out else None)
     if out is not None:

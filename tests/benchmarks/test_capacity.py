@@ -68,4 +68,5 @@ def test_a_dry_run_measures_both_sides_on_tiny_sizes(tmp_path: Path) -> None:
     served = re.findall(r"^\| (ticket runs|system-metrics samples) \| 1 \| 1 \| ([\d.]+) \| (\d+) ms \|", text, re.M)
     assert [s[0] for s in served] == ["ticket runs", "system-metrics samples"]
     assert all(float(s[1]) > 0 for s in served)
+    assert re.search(r"^\| 3 \| 2 \| \d+ ms \|$", text, re.M)  # the searcher row
     assert "Demand of 4,000 concurrent trials" in text and "cores of `mlflow server` workers" in text
