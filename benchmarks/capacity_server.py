@@ -8,8 +8,8 @@ A trial here is lenet300-sized (266,200 prunable weights: a 33 KB bit-packed mas
 the controls `reinit` and `shuffle`: three runs per level. Clients start together (after their imports) and
 the cell's rate is all ticket runs over the wall time until the last client finished. Latency is the wall
 seconds a client spent in tracking calls (`MlflowSink.seconds`) per ticket run it wrote. CPU seconds of the
-server's process tree and of PostgreSQL's processes in the cell, per ticket run, give the ceiling each could
-reach with cores of its own (here clients, server and database share 2 cores).
+server's process tree and of the PostgreSQL backends serving its database in the cell, per ticket run, give
+the ceiling each could reach with cores of its own (here clients, server and database share 2 cores).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class ServerCell:
     wall_s: float
     client_s: float  # wall seconds clients spent in tracking calls, summed
     server_cpu_s: float  # CPU seconds of the server's processes
-    db_cpu_s: float  # CPU seconds of PostgreSQL's processes
+    db_cpu_s: float  # CPU seconds of the PostgreSQL backends of the server's database
 
     @property
     def per_s(self) -> float:
@@ -145,10 +145,27 @@ def _server_procs(pid: int) -> list[Any]:
     return [root, *root.children(recursive=True)]
 
 
-def _db_procs() -> list[Any]:
+def _db_cpu(url: str) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving the database at `url` (the server's pooled connections;
+    other databases' work on the same PostgreSQL is not counted)."""
     import psutil
+    import psycopg2
+    from sqlalchemy.engine import make_url
 
-    return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+    u = make_url(url)
+    with psycopg2.connect(host=u.host, port=u.port, user=u.username, dbname="postgres") as conn, \
+            conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (u.database,))
+        pids = [row[0] for row in cur.fetchall()]
+    conn.close()
+    out = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:  # a backend that ended meanwhile
+            continue
+        out[pid] = t.user + t.system
+    return out
 
 
 def measure(workers: int, clients: int, trials: int, tmp: Path, *, samples: int = 0) -> ServerCell:
@@ -173,9 +190,10 @@ def measure(workers: int, clients: int, trials: int, tmp: Path, *, samples: int 
                 if any(f.done() for f in futures):
                     futures[[f.done() for f in futures].index(True)].result()  # a client failed: say why
                 time.sleep(0.05)
-            server0, db0, start_at = _cpu(procs), _cpu(_db_procs()), time.time()
+            server0, db0, start_at = _cpu(procs), _db_cpu(pg), time.time()
             (flags / "go").touch()
             done = [f.result() for f in futures]
-            server1, db1 = _cpu(procs), _cpu(_db_procs())
+            server1, db1 = _cpu(procs), _db_cpu(pg)
+        db = sum(cpu - db0.get(pid, 0.0) for pid, cpu in db1.items())  # a backend opened meanwhile: all of it
         return ServerCell(workers, clients, sum(d[0] for d in done), max(d[2] for d in done) - start_at,
-                          sum(d[1] for d in done), server1 - server0, db1 - db0)
+                          sum(d[1] for d in done), server1 - server0, db)
