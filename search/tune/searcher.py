@@ -47,8 +47,8 @@ class TicketOptunaSearch(OptunaSearch):
     _adopted = 0
     _max_instability: float | None = None
     # Optuna's samplers never read intermediate values and Ray runs Optuna's pruner as a no-op, so each
-    # `trial.report` is only a row in the study's storage, written on the driver's one thread: 3.3 ms per
-    # result on PostgreSQL here (benchmarks/capacity.py). Only level ends are reported (the study keeps a
+    # `trial.report` is only a row in the study's storage, written on the driver's one thread: 3.3 ms of wall
+    # time per result on PostgreSQL here (docs/CLUSTER.md "Capacity"). Only level ends are reported (the study keeps a
     # per-level curve); True reports every evaluation, as Ray's OptunaSearch does.
     every_result = False
 
