@@ -59,9 +59,6 @@ def driver_cells(args: argparse.Namespace, pg: str, tmp: Path) -> list[drv.Drive
                 for before in (True, False) if args.before else (False,):
                     cells.append(drv.measure("ours", n, tmp, optuna_storage=storage, window_s=args.window,
                                              before=before))
-        if args.buffer:
-            cells.append(drv.measure("ours", max(args.trials), tmp, optuna_storage=pg, window_s=args.window,
-                                     buffer=args.buffer))
     finally:
         import ray
 
@@ -196,8 +193,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--cpus", type=int, default=16, help="logical CPUs per simulated node")
     p.add_argument("--trials", type=_ints, default=[8, 32, 64], help="concurrent trials, comma list")
-    p.add_argument("--buffer", type=int, default=16,
-                   help="one more driver row at the most trials with TUNE_RESULT_BUFFER_LENGTH=N (0: none)")
     p.add_argument("--window", type=float, default=drv.WINDOW_S, help="seconds of steady state per driver row")
     p.add_argument("--workers", type=_ints, default=[1, 2, 4], help="mlflow server --workers, comma list")
     p.add_argument("--clients", type=_ints, default=[1, 4, 16], help="client processes, comma list")
@@ -214,7 +209,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.before = not args.dry_run
     if args.dry_run:
         args.nodes, args.cpus, args.trials, args.window = 1, 2, [2], 1.0
-        args.workers, args.clients, args.client_trials, args.samples, args.buffer = [1], [1], 1, 5, 0
+        args.workers, args.clients, args.client_trials, args.samples = [1], [1], 1, 5
         args.study = [(3, 2)]
         args.out = "" if args.out is None else args.out
     return args

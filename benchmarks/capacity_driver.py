@@ -33,7 +33,6 @@ from typing import Any
 LEVEL_EVERY = 10  # results per level checkpoint (a level of 10 evaluations)
 WINDOW_S = 15.0  # seconds of steady state measured per cell
 GO, STOP = "go", "stop"  # flag files in the cell's folder
-BUFFER_ENV = "TUNE_RESULT_BUFFER_LENGTH"
 
 
 @dataclass(frozen=True)
@@ -137,26 +136,11 @@ def as_before() -> Iterator[None]:
             os.environ[AUTO_LOGGERS_ENV] = saved
 
 
-@contextlib.contextmanager
-def buffered(length: int) -> Iterator[None]:
-    """Tune's TUNE_RESULT_BUFFER_LENGTH for one fit (0: unset). Ray 2.60 calls `train_buffered(length, time)`
-    against the signature `(buffer_time_s, max_buffer_length)` (tune_controller.py `_schedule_trial_train`): a
-    trial then waits up to `length` seconds for at most `num_actor_tasks // 10` results."""
-    saved = os.environ.pop(BUFFER_ENV, None)
-    if length:
-        os.environ[BUFFER_ENV] = str(length)
-    try:
-        yield
-    finally:
-        os.environ.pop(BUFFER_ENV, None)
-        if saved is not None:
-            os.environ[BUFFER_ENV] = saved
-
-
 def measure(path: str, trials: int, root: Path, *, optuna_storage: str = "", window_s: float = WINDOW_S,
-            interval_s: float = 0.0, before: bool = False, buffer: int = 0) -> DriverCell:
+            interval_s: float = 0.0, before: bool = False) -> DriverCell:
     """One cell: `trials` concurrent light trials through `path` ("bare" or "ours"; `before`: ours as it was
-    before the capacity fixes; `buffer`: Tune's result buffer length) on the connected Ray."""
+    before the capacity fixes) on the connected Ray. Not with TUNE_RESULT_BUFFER_LENGTH set: a buffering
+    driver waits for several results of a trial that waits for the go file (docs/CLUSTER.md "Capacity")."""
     from ray import tune
 
     flags = root / f"{path}-{trials}-{time.monotonic_ns()}"
@@ -173,14 +157,13 @@ def measure(path: str, trials: int, root: Path, *, optuna_storage: str = "", win
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=None), verbose=0))
     else:
         tuner = _our_tuner(trials, root, flags.name, cpu, optuna_storage, [window], fn)
-    with as_before() if before else contextlib.nullcontext(), buffered(buffer):
+    with as_before() if before else contextlib.nullcontext():
         tuner.fit()
     if window.opened is None or window.closed is None:
         raise RuntimeError(f"capacity: the {path} window with {trials} trials never opened or closed")
     (w0, c0, n0), (w1, c1, n1) = window.opened, window.closed
     label = "bare Tune" if path == "bare" else \
-        f"ours{' before' if before else ''}, {'PostgreSQL' if optuna_storage else 'journal'} study" + \
-        (f", {BUFFER_ENV}={buffer}" if buffer else "")
+        f"ours{' before' if before else ''}, {'PostgreSQL' if optuna_storage else 'journal'} study"
     return DriverCell(label, trials, n1 - n0, w1 - w0, c1 - c0)
 
 
