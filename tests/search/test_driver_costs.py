@@ -39,6 +39,20 @@ def test_optuna_hears_only_level_ends_unless_asked_for_every_result(tmp_path: Pa
     assert _reported(tmp_path, every_result=True) == {i: i / 10 for i in range(1, 7)}
 
 
+def test_a_stopped_trial_leaves_optuna_its_last_evaluation(tmp_path: Path) -> None:
+    """TPE ranks PRUNED trials by their last step and intermediate value: the one inside a level arrives at
+    the trial's end, once."""
+    storage = optuna_storage(str(tmp_path / "s.journal"))
+    searcher = TicketOptunaSearch(space=explore, metric="val_score", mode="max", study_name="s", storage=storage)
+    searcher.suggest("a")
+    results = [{"val_score": i / 10, "training_iteration": i, "level_done": i == 3} for i in range(1, 6)]
+    for result in results:
+        searcher.on_trial_result("a", result)
+    searcher.on_trial_complete("a", results[-1])  # stopped by the scheduler inside level 1
+    trial = optuna.load_study(study_name="s", storage=storage).trials[0]
+    assert trial.state.name == "PRUNED" and trial.intermediate_values == {3: 0.3, 5: 0.5}
+
+
 def test_tune_keeps_the_result_files_but_writes_no_tensorboard_events(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(AUTO_LOGGERS_ENV, raising=False)
     mine = JsonLoggerCallback()
