@@ -10,7 +10,8 @@
 Each benchmark times "ours" and "theirs" alternately in this one process and reports the median of the
 per-repetition ratios (benchmarks/common.py). Benchmarks 5-7 start a local Ray, an MLflow sqlite store and
 an Optuna journal under a temporary folder, deleted afterwards. The GPU script is benchmarks/gpu.py; the query
-latency table (`python -m benchmarks.queries`) is a section of RESULTS.md of its own, kept by a rewrite here.
+latency table (`python -m benchmarks.queries`) and the capacity figures (`python -m benchmarks.capacity`) are
+sections of RESULTS.md of their own, kept by a rewrite here.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ from benchmarks import engine, latency
 from benchmarks.common import FULL, QUICK, Row, Sizes, machine, markdown, table
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-QUERIES = re.compile(r"\n*<!-- queries:start -->.*?<!-- queries:end -->\n?", re.S)  # benchmarks/queries.py's
+# The sections other commands own: benchmarks/queries.py's and benchmarks/capacity.py's
+SECTIONS = re.compile(r"\n*<!-- (queries|capacity):start -->.*?<!-- \1:end -->\n?", re.S)
 
 
 def kept_queries(path: Path) -> str:
-    """The query benchmark's section of `path` (written by `python -m benchmarks.queries`), kept on a rewrite."""
-    found = QUERIES.search(path.read_text()) if path.is_file() else None
-    return "\n" + found.group(0).lstrip("\n") if found else ""
+    """The sections of `path` written by `python -m benchmarks.queries` and `python -m benchmarks.capacity`,
+    kept on a rewrite."""
+    found = list(SECTIONS.finditer(path.read_text())) if path.is_file() else []
+    return "".join("\n" + m.group(0).lstrip("\n") for m in found)
 
 
 def benchmarks(s: Sizes) -> dict[str, Callable[[], list[Row]]]:

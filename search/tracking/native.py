@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,9 +31,11 @@ if TYPE_CHECKING:
 
 MODEL_TYPE = "lottery-ticket"  # LoggedModel.model_type of every ticket
 DESCRIPTION_TAG = "mlflow.note.content"  # the UI shows it as the experiment's (and a run's) description
-# Seconds between system-metric samples of a trial. Each sample costs the tracking server a read and a write:
-# 4,000 concurrent trials (1,000 GPUs, four trials each) at 30 s make about 270 requests per second.
+# Seconds between system-metric samples of a trial (`TICKET_SEARCH_SYSTEM_METRICS_S` on the nodes; 0 = none).
+# Each sample is a request to the tracking server: 4,000 concurrent trials (1,000 GPUs, four trials each) at
+# 30 s make 133 a second, more of the server's CPU than their ticket runs (docs/CLUSTER.md "Capacity").
 SYSTEM_METRICS_INTERVAL_S = 30.0
+SYSTEM_METRICS_ENV = "TICKET_SEARCH_SYSTEM_METRICS_S"
 
 
 def ticket_run_name(flat: dict[str, Any], level: int, density: float, member: str) -> str:
@@ -135,9 +138,25 @@ def finish_model(client: MlflowClient, run_id: str, model_id: str, folder: Path,
     client.finalize_logged_model(model_id, "READY")
 
 
-def start_system_metrics(run_id: str, tracking_uri: str, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> Any:
-    """MLflow's system metrics (CPU, memory; GPU where present) sampled every `interval_s` onto the trial run;
-    None where psutil is missing. The caller stops it with `.finish()`."""
+def system_metrics_interval_s() -> float:
+    """Seconds between a trial's system-metric samples: `TICKET_SEARCH_SYSTEM_METRICS_S` where set to a number
+    (0 or less: none), else SYSTEM_METRICS_INTERVAL_S."""
+    text = os.environ.get(SYSTEM_METRICS_ENV, "").strip()
+    try:
+        return max(0.0, float(text)) if text else SYSTEM_METRICS_INTERVAL_S
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; sampling every %g s", SYSTEM_METRICS_ENV, text,
+                    SYSTEM_METRICS_INTERVAL_S)
+        return SYSTEM_METRICS_INTERVAL_S
+
+
+def start_system_metrics(run_id: str, tracking_uri: str, interval_s: float | None = None) -> Any:
+    """MLflow's system metrics (CPU, memory; GPU where present) sampled every `interval_s` (default
+    `system_metrics_interval_s()`) onto the trial run; None where psutil is missing or the interval is 0.
+    The caller stops it with `.finish()`."""
+    interval_s = system_metrics_interval_s() if interval_s is None else interval_s
+    if interval_s <= 0:
+        return None
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError:  # psutil missing: tracking goes on without

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +38,13 @@ if TYPE_CHECKING:
 
 # torch (safetensors, the mask writer) is imported inside the writers that store tensors: queries read runs
 # through this module too, and a query command should not pay for torch.
+
+# Against a server, MlflowClient.set_terminated first fetches the whole run (GET runs/get: its params, metrics
+# and tags) only to print "View run <name> at <url>": one request in nine of a ticket run's, the heaviest read
+# among them, and a line per run in every trial's log (benchmarks/capacity.py). Off, unless the environment
+# sets it; every process that writes runs imports this module (worker sinks, the driver's callbacks).
+SUPPRESS_URL_ENV = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+os.environ.setdefault(SUPPRESS_URL_ENV, "true")
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_BATCH = 100

@@ -4,6 +4,9 @@
   from it as if it were final);
 - diverged (NaN or inf loss) or an invalid sampled configuration -> FAIL, with the reason in the user
   attr `fail_reason`;
+- only a level's last evaluation, and a stopped trial's last one, are reported to Optuna as intermediate
+  values (a storage write per level, not per evaluation: the driver's cost per result, docs/CLUSTER.md
+  "Capacity"; TPE ranks a PRUNED trial by its last value and step, which it still gets);
 - every Optuna trial carries the user attrs `ray_trial_id` and `ray_experiment` (a token of this sweep's
   Ray experiment), so a resumed sweep can tell its own trials from anything else in the study.
 
@@ -30,6 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 FAIL_REASON = "fail_reason"  # user attr of FAIL trials: why
 TRIAL_ATTR = "ray_trial_id"  # user attr: the Ray trial (and MLflow trial run) this Optuna trial is
 RUN_ATTR = "ray_experiment"  # user attr: the token of the Ray experiment that asked for it
+LEVEL_DONE = "level_done"  # Ray result flag of a level's last evaluation (trainables/trial.py level_metrics)
 INSTABILITY = "instability_val"  # Ray result of a level of a prune.instability trial
 CONSTRAINT = "instability"  # Optuna constraint (feasible <= 0): last instability minus [objective] max_instability
 ORPHAN_REASON = ("its driver died after Optuna suggested it and before Ray recorded the trial; "
@@ -43,6 +47,11 @@ class TicketOptunaSearch(OptunaSearch):
     _token = ""
     _adopted = 0
     _max_instability: float | None = None
+    # Ray runs Optuna's pruner as a no-op and TPE reads only a PRUNED trial's last intermediate value (and its
+    # step), so each `trial.report` inside a level is only a row in the study's storage, written on the driver's
+    # one thread: 3.3 ms of wall time per result on PostgreSQL (docs/CLUSTER.md "Capacity"). Level ends are
+    # reported, and a stopped trial's last evaluation when it ends; True reports every evaluation, as Ray does.
+    every_result = False
 
     def __init__(self, *args: Any, num_samples: int = 0, max_instability: float | None = None,
                  **kwargs: Any) -> None:
@@ -70,9 +79,14 @@ class TicketOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials:
             return  # told before its driver died, run again from its last checkpoint on resume
+        if not (self.every_result or result.get(LEVEL_DONE)):
+            return  # an evaluation inside a level (see `every_result`)
         if self._max_instability is not None and INSTABILITY in result and trial_id in self._ot_trials:
             # Optuna's samplers read trial constraints (Trial.set_constraint): the latest level's counts
             self._ot_trials[trial_id].set_constraint(CONSTRAINT, float(result[INSTABILITY]) - self._max_instability)
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
         # A trial restarted from its last level checkpoint reports that level's epochs again, at the same
         # steps and (training being deterministic) with the same values: Optuna keeps the first; no warning.
         with warnings.catch_warnings():
@@ -94,6 +108,9 @@ class TicketOptunaSearch(OptunaSearch):
         if not stopped_early:
             super().on_trial_complete(trial_id, result, error)
             return
+        if result is not None and not result.get(LEVEL_DONE) and isinstance(self.metric, str) \
+                and self.metric in result and "training_iteration" in result:
+            self._report(trial_id, result)  # TPE ranks a PRUNED trial by its last step and intermediate value
         self._study.tell(self._ot_trials[trial_id], None, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
