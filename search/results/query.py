@@ -237,11 +237,12 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     filters: dict[str, Any] = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model,
                                "structure": structure, "confirmed": confirmed}
     ticket_where(**filters)  # bad values are the user's mistake before any store is opened
-    return read(tracking_uri, lambda reader: _best(reader, sweep, filters, top, rank, confirmed))
+    return read(tracking_uri, lambda reader: best_from(reader, sweep, filters, top, rank, confirmed))
 
 
-def _best(reader: reading.Reader, sweep: str | None, filters: dict[str, Any], top: int | None, rank: str,
-          confirmed: bool) -> list[TicketRecord]:
+def best_from(reader: reading.Reader, sweep: str | None, filters: dict[str, Any], top: int | None, rank: str,
+              confirmed: bool) -> list[TicketRecord]:
+    """`best_tickets` answered by `reader` (`filters`: best_tickets' filter arguments, checked)."""
     filters = dict(filters)
     ranking = objectives.get(objectives.DEFAULT)  # across sweeps: by val_score
     if sweep is not None:
