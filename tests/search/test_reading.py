@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from search.results import query, reading, restread, sqlread
-from search.results.query import best_tickets, best_from
+from search.results.query import best_from, best_tickets
 from trainables.config import ConfigError
 
 NOW = 1_700_000_000_000
