@@ -72,6 +72,9 @@ class Page:
     def __len__(self) -> int:
         return len(self.runs)
 
+    def __getitem__(self, i: int) -> Any:
+        return self.runs[i]
+
 
 @dataclass(frozen=True)
 class Where:
