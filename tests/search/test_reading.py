@@ -195,3 +195,29 @@ def test_postgres_and_server_readers_answer_as_the_mlflow_client(tmp_path: Path)
             out = subprocess.run([sys.executable, "-c", PROBE, server.uri], capture_output=True, text=True,
                                  timeout=120, check=True, env=env).stdout
             assert out.splitlines()[-1] == "IMPORTED ", out.splitlines()[-1]
+
+
+def test_the_rest_client_sends_the_credentials_mlflow_would(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", *reading.FAST_OFF):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert "Authorization" not in restread.RestClient.open("http://127.0.0.1:5000").headers
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok")
+    assert restread.RestClient.open("http://h:5000/").headers["Authorization"] == "Bearer tok"
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "credentials").write_text("[mlflow]\nmlflow_tracking_username = ann\n"
+                                                     "mlflow_tracking_password = pw\n")
+    client = restread.RestClient.open("https://h/prefix/")
+    assert client.headers["Authorization"] == "Basic YW5uOnB3"  # ann:pw, before the token, as MLflow does
+    assert client.host == "https://h/prefix" and client.context is not None
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "my-plugin")  # an auth plugin signs requests: MLflow's job
+    assert reading.open_fast("http://h:5000") is None
+    assert restread.RestClient.open("http://user:pw@h:5000") is None  # credentials in the URI: left to MLflow
+
+
+def test_an_unreachable_server_leaves_the_answer_to_the_mlflow_client() -> None:
+    from tests.helpers.servers import free_port
+
+    client = restread.RestClient.open(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(reading.Unavailable, match="experiments/get-by-name"):
+        client.get_experiment_by_name("acc")
