@@ -39,6 +39,7 @@ START, END = "<!-- queries:start -->", "<!-- queries:end -->"  # the section of 
 REPS = 3
 TARGETS = {"sqlite": 1.5, "server": 2.5}  # seconds, whole command, for the queries (help: 0.5 s)
 HELP_TARGET = 0.5
+SERVER_START_S = 600  # a server on a machine shared by busy neighbours can take minutes to answer /health
 FLOOR = ["-c", "import os; from mlflow.tracking import MlflowClient; "
                 "MlflowClient(os.environ['MLFLOW_TRACKING_URI']).search_experiments(max_results=1)"]
 COMMANDS = [  # (label, argv after `python -m search`, or a FLOOR script; target kind)
@@ -118,8 +119,12 @@ def server_rows(tickets: int, reps: int, tmp: Path, before: str | None) -> tuple
 
     with postgres_database("ts_bench_queries") as pg:
         seconds = fill_both(pg, str(tmp / "server-artifacts"), tickets)
-        with MlflowServer(pg, tmp / "server-artifacts", extra_args=["--workers", "2"]) as server:
+        server = MlflowServer(pg, tmp / "server-artifacts", extra_args=["--workers", "2"])
+        server.start(timeout=SERVER_START_S)
+        try:
             return measure("server", server.uri, tickets, reps, before), seconds
+        finally:
+            server.stop()
 
 
 def section(rows: list[Timing], fills: dict[str, float], load: str, command: str, reps: int) -> str:

@@ -38,14 +38,18 @@ def _sqlite_path(uri: str) -> str | None:
 class SqlReader:
     """Reads a sqlite or PostgreSQL MLflow store; every query is a `(sql, params)` with `:name` parameters."""
 
-    def __init__(self, execute: Any) -> None:
+    def __init__(self, execute: Any, join: str = "JOIN") -> None:
         self._execute = execute
+        self.join = join  # sqlite: CROSS JOIN, which keeps the runs table the outer loop (see `open`)
 
     @classmethod
     def open(cls, uri: str) -> SqlReader | None:
         path = _sqlite_path(uri)
         if path is not None:
-            return cls(_sqlite(path))
+            # Scanning `runs` and looking each run's tags and metrics up by (key, run id) reads them near one
+            # another (rows sit in the order they were written, a run's together); sqlite's own plan walks an
+            # index of one key over every run in run-id order, a random read each: 2-7x slower at 30,000 runs.
+            return cls(_sqlite(path), "CROSS JOIN")
         if uri.startswith(("postgresql://", "postgresql+psycopg2://")):
             return cls(_sqlalchemy(uri))
         return None
@@ -73,14 +77,15 @@ class SqlReader:
 
     def parent(self, exp_id: str) -> LiteRun | None:
         ids = [r[0] for r in self.rows(
-            "SELECT r.run_uuid FROM runs r JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = :k AND k.value = :v "
+            f"SELECT r.run_uuid FROM runs r {self.join} tags k "
+            "ON k.run_uuid = r.run_uuid AND k.key = :k AND k.value = :v "
             "WHERE r.experiment_id = :e AND r.lifecycle_stage = 'active' "
             f"ORDER BY CASE WHEN r.start_time IS NULL THEN 1 ELSE 0 END, {ORDER_TAIL} LIMIT 1",
             {"k": S.KIND, "v": S.SWEEP, "e": int(exp_id)})]
         return self.runs(ids)[0] if ids else None
 
     def ranked(self, exp_ids: Sequence[str], where: Where, top: int | None) -> list[LiteRun]:
-        joins, params = _selection(exp_ids, where)
+        joins, params = _selection(exp_ids, where, self.join)
         sql = (f"SELECT r.run_uuid FROM runs r {joins} "
                "LEFT JOIN latest_metrics v ON v.run_uuid = r.run_uuid AND v.key = 'val_score' "
                "WHERE r.experiment_id IN ({ids}) AND r.lifecycle_stage = 'active' "
@@ -90,10 +95,10 @@ class SqlReader:
 
     def front(self, exp_ids: Sequence[str], where: Where) -> list[LiteRun]:
         """The front itself (a subset of what `Reader.front` allows), from three columns of every candidate."""
-        joins, params = _selection(exp_ids, where)
+        joins, params = _selection(exp_ids, where, self.join)
         sql = (f"SELECT r.run_uuid, v.value, s.value FROM runs r {joins} "
-               "JOIN latest_metrics v ON v.run_uuid = r.run_uuid AND v.key = 'val_score' AND v.is_nan = :f "
-               "JOIN latest_metrics s ON s.run_uuid = r.run_uuid AND s.key = 'sparsity' AND s.is_nan = :f "
+               f"{self.join} latest_metrics v ON v.run_uuid = r.run_uuid AND v.key = 'val_score' AND v.is_nan = :f "
+               f"{self.join} latest_metrics s ON s.run_uuid = r.run_uuid AND s.key = 'sparsity' AND s.is_nan = :f "
                "WHERE r.experiment_id IN ({ids}) AND r.lifecycle_stage = 'active' "
                f"ORDER BY v.value DESC, s.value DESC, {ORDER_TAIL}")
         points = [_Point(str(i), float(v), float(s)) for i, v, s in
@@ -107,11 +112,12 @@ class SqlReader:
         trial, level = tags.get(S.PARENT_TAG, ""), tags.get(S.TAG_LEVEL, "")
         if not trial or not level:
             return {}
-        sql = ("SELECT m.value, v.value, v.is_nan FROM runs r "
-               "JOIN tags k ON k.run_uuid = r.run_uuid AND k.key = :kk AND k.value = :kv "
-               "JOIN tags m ON m.run_uuid = r.run_uuid AND m.key = :mk AND m.value != :mv "
-               "JOIN tags p ON p.run_uuid = r.run_uuid AND p.key = :pk AND p.value = :pv "
-               "JOIN tags l ON l.run_uuid = r.run_uuid AND l.key = :lk AND l.value = :lv "
+        j = self.join
+        sql = (f"SELECT m.value, v.value, v.is_nan FROM runs r "
+               f"{j} tags p ON p.run_uuid = r.run_uuid AND p.key = :pk AND p.value = :pv "
+               f"{j} tags l ON l.run_uuid = r.run_uuid AND l.key = :lk AND l.value = :lv "
+               f"{j} tags m ON m.run_uuid = r.run_uuid AND m.key = :mk AND m.value != :mv "
+               f"{j} tags k ON k.run_uuid = r.run_uuid AND k.key = :kk AND k.value = :kv "
                "LEFT JOIN latest_metrics v ON v.run_uuid = r.run_uuid AND v.key = 'val_score' "
                "WHERE r.experiment_id = :e AND r.lifecycle_stage = 'active' "
                f"ORDER BY CASE WHEN r.start_time IS NULL THEN 1 ELSE 0 END, r.start_time, r.run_uuid LIMIT {S.PAGE}")
@@ -158,11 +164,12 @@ def _in(prefix: str, n: int) -> str:
     return ", ".join(f":{prefix}_{i}" for i in range(n))
 
 
-def _selection(exp_ids: Sequence[str], where: Where) -> tuple[str, dict[str, Any]]:
-    """The joins that select `where`'s runs, and every parameter of the query (experiments as `e_<i>`)."""
+def _selection(exp_ids: Sequence[str], where: Where, join: str) -> tuple[str, dict[str, Any]]:
+    """The joins that select `where`'s runs, and every parameter of the query (experiments as `e_<i>`). The
+    member tag comes first: it turns away the control runs (two in three) in one look-up."""
     member = "!=" if where.controls else "="
-    tags = [(S.KIND, "=", S.TICKET), (S.TAG_MEMBER, member, S.MEMBER_TICKET), *((k, "=", v) for k, v in where.tags)]
-    joins = [f"JOIN tags t_{i} ON t_{i}.run_uuid = r.run_uuid AND t_{i}.key = :tk_{i} AND t_{i}.value {op} :tv_{i}"
+    tags = [(S.TAG_MEMBER, member, S.MEMBER_TICKET), (S.KIND, "=", S.TICKET), *((k, "=", v) for k, v in where.tags)]
+    joins = [f"{join} tags t_{i} ON t_{i}.run_uuid = r.run_uuid AND t_{i}.key = :tk_{i} AND t_{i}.value {op} :tv_{i}"
              for i, (_, op, _) in enumerate(tags)]
     params: dict[str, Any] = {"t": True, "f": False}
     params |= {f"tk_{i}": k for i, (k, _, _) in enumerate(tags)} | {f"tv_{i}": v for i, (_, _, v) in enumerate(tags)}
@@ -171,7 +178,7 @@ def _selection(exp_ids: Sequence[str], where: Where) -> tuple[str, dict[str, Any
     if not where.controls:
         bounds.append((S.INSTABILITY_METRICS[0], where.max_instability))
     for i, (key, bound) in enumerate(b for b in bounds if b[1] is not None):
-        joins.append(f"JOIN latest_metrics b_{i} ON b_{i}.run_uuid = r.run_uuid AND b_{i}.key = :bk_{i} "
+        joins.append(f"{join} latest_metrics b_{i} ON b_{i}.run_uuid = r.run_uuid AND b_{i}.key = :bk_{i} "
                      f"AND b_{i}.value <= :bv_{i} AND b_{i}.is_nan = :f")
         params |= {f"bk_{i}": key, f"bv_{i}": float(bound)}  # type: ignore[arg-type]
     return " ".join(joins), params
