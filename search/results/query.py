@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from search.results import fetch, reading, uncertainty
 from search.results.reading import ticket_where
@@ -194,12 +194,6 @@ def max_instability(client: MlflowClient, exp_id: str) -> float | None:
     return _bound(_parent_param(parent_run(client, exp_id), S.PARAM_MAX_INSTABILITY))
 
 
-def sweep_objective(tracking_uri: str | None, sweep: str) -> str:
-    """The sweep's objective as its parent run recorded it (the default objective when unrecorded)."""
-    return read(tracking_uri, lambda r: _parent_param(r.parent(sweep_id(r, sweep)), S.PARAM_OBJECTIVE)
-                or objectives.DEFAULT)
-
-
 def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecord:
     m, tags = run.data.metrics, run.data.tags
     density = m.get("density", math.nan)
@@ -215,10 +209,20 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         latency_ms=m.get(S.LATENCY, math.nan))
 
 
-def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
-                 max_density: float | None = None, dataset: str | None = None, scorer: str | None = None,
-                 model: str | None = None, top: int | None = 10, rank: str = "mean",
-                 confirmed: bool = False, structure: str | None = None) -> list[TicketRecord]:
+class Best(NamedTuple):
+    objective: str  # the objective that ranked them (the sweep's; across sweeps the default, by val_score)
+    records: list[TicketRecord]
+
+
+def best_tickets(tracking_uri: str | None = None, **options: Any) -> list[TicketRecord]:
+    """The best ticket runs, as the sweep's objective ranks them (`best`'s records; its options)."""
+    return best(tracking_uri, **options).records
+
+
+def best(tracking_uri: str | None = None, *, sweep: str | None = None,
+         max_density: float | None = None, dataset: str | None = None, scorer: str | None = None,
+         model: str | None = None, top: int | None = 10, rank: str = "mean",
+         confirmed: bool = False, structure: str | None = None) -> Best:
     """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
     One query ranks the tickets (a front reads only its candidates, never the dominated bulk); only the
@@ -241,21 +245,23 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
 
 
 def best_from(reader: reading.Reader, sweep: str | None, filters: dict[str, Any], top: int | None, rank: str,
-              confirmed: bool) -> list[TicketRecord]:
-    """`best_tickets` answered by `reader` (`filters`: best_tickets' filter arguments, checked)."""
+              confirmed: bool) -> Best:
+    """`best` answered by `reader` (`filters`: best's filter arguments, checked)."""
     filters = dict(filters)
-    ranking = objectives.get(objectives.DEFAULT)  # across sweeps: by val_score
+    name = objectives.DEFAULT  # across sweeps: by val_score
     if sweep is not None:
         exp_ids = [sweep_id(reader, sweep)]
         parent = reader.parent(exp_ids[0])  # read once: it holds the objective and the target
-        ranking = objectives.get(_parent_param(parent, S.PARAM_OBJECTIVE) or objectives.DEFAULT)
+        name = _parent_param(parent, S.PARAM_OBJECTIVE) or objectives.DEFAULT
+    ranking = objectives.get(name)
+    if sweep is not None:
         if filters["max_density"] is None and ranking.targets_density:  # a sweep's best: those at its target
             filters["max_density"] = _target(_parent_param(parent, S.PARAM_TARGET))
         filters["max_instability"] = _bound(_parent_param(parent, S.PARAM_MAX_INSTABILITY))  # stable ones only
     else:
         exp_ids = [i for i, _ in reader.experiments()]
     if not exp_ids:
-        return []
+        return Best(name, [])
     if rank != "mean" and ranking.whole:
         raise ConfigError(f"--rank: sweep '{sweep}' ranks by a Pareto front (of means); valid here: mean")
     resort = rank != "mean" or (confirmed and not ranking.whole)
@@ -270,7 +276,7 @@ def best_from(reader: reading.Reader, sweep: str | None, filters: dict[str, Any]
         ranked = uncertainty.rerank(ranked, rank, confirmed, top)
     shown = {r.run_id for r in ranked}
     margins = fetch.control_margins(reader.controls, [r for r in runs if r.info.run_id in shown])  # shown only
-    return [replace(r, controls=margins.get(r.run_id, {})) for r in ranked]
+    return Best(name, [replace(r, controls=margins.get(r.run_id, {})) for r in ranked])
 
 
 def sweep_tickets(tracking_uri: str | None, sweep: str) -> list[TicketRecord]:

@@ -107,11 +107,11 @@ def answer(reader: reading.Reader, sweep: str | None, kw: dict[str, Any]) -> str
     filters = {"max_density": kw.get("max_density"), "dataset": kw.get("dataset"), "scorer": kw.get("scorer"),
                "model": None, "structure": kw.get("structure"), "confirmed": kw.get("confirmed", False)}
     try:
-        records = best_from(reader, sweep, filters, kw.get("top", 10), kw.get("rank", "mean"),
-                            kw.get("confirmed", False))
+        objective, records = best_from(reader, sweep, filters, kw.get("top", 10), kw.get("rank", "mean"),
+                                       kw.get("confirmed", False))
     except ConfigError as e:
         return f"ConfigError: {e}"
-    return json.dumps([r.to_json() for r in records], sort_keys=True)
+    return json.dumps([objective, [r.to_json() for r in records]], sort_keys=True)
 
 
 def assert_same_answers(fast: reading.Reader, reference: reading.Reader) -> None:
@@ -140,7 +140,8 @@ def test_sql_reader_answers_as_the_mlflow_client(store: str) -> None:
     assert isinstance(fast, sqlread.SqlReader)
     reference = reading.SearchReader(MlflowClient(store))
     assert_same_answers(fast, reference)
-    got = json.loads(answer(fast, "acc", {"top": 100, "max_density": 1.0}))
+    objective, got = json.loads(answer(fast, "acc", {"top": 100, "max_density": 1.0}))
+    assert objective == "accuracy_at_density"
     assert len(got) == 7 * 3 and got[-1]["val_score"] is None  # missing and NaN scores last, none deleted
     assert all(r["val_score"] != 1.0 for r in got)
     assert {tuple(r["controls"]) for r in got} == {("shuffle",), ("reinit", "shuffle")}
