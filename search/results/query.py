@@ -109,12 +109,26 @@ def client_for(tracking_uri: str | None) -> MlflowClient:
     return MlflowClient(store_uri(tracking_uri))
 
 
+def open_fast(uri: str) -> reading.Reader | None:
+    """A reader for `uri` that imports no MLflow, or None (then the caller uses the MLflow client)."""
+    if os.environ.get(reading.READ_ENV, "").lower() == "mlflow" or any(os.environ.get(v) for v in reading.FAST_OFF):
+        return None
+    if uri.startswith(("http://", "https://")):
+        from search.results import restread  # urllib, ssl: only for a server
+
+        client = restread.RestClient.open(uri)
+        return reading.SearchReader(client) if client is not None else None
+    from search.results import sqlread
+
+    return sqlread.SqlReader.open(uri)
+
+
 def read(tracking_uri: str | None, answer: Callable[[reading.Reader], T]) -> T:
     """`answer(reader)` from a reader that imports no MLflow where one fits the store, else (or when it cannot
     answer) from the MLflow client: the same answer either way (search/results/reading.py)."""
     uri = store_uri(tracking_uri)
     try:
-        fast = reading.open_fast(uri)
+        fast = open_fast(uri)
         if fast is not None:
             return answer(fast)
     except reading.Unavailable:

@@ -10,7 +10,7 @@ the candidates of a Pareto front, and the controls beside a ticket. A `Reader` d
 - `sqlread.SqlReader`: MLflow's own tables of a sqlite or PostgreSQL store, in SQL that orders and filters as
   MLflow's SQL store does, reading only the columns a ranking needs and then the runs shown.
 
-`open_fast(uri)` picks a reader that needs no MLflow import (None when none fits); anything it cannot answer
+`query.open_fast(uri)` picks a reader that needs no MLflow import (None when none fits); anything it cannot answer
 raises `Unavailable`, and the caller asks the MLflow client instead, so a fast reader costs speed, never an
 answer. `TICKET_SEARCH_READ=mlflow` turns the fast readers off.
 """
@@ -18,7 +18,6 @@ answer. `TICKET_SEARCH_READ=mlflow` turns the fast readers off.
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -200,17 +199,3 @@ def paged(fetch: Callable[[int, str | None], Any], limit: int | None = None) -> 
 def metric_value(value: Any, is_nan: Any = False) -> float:
     """A stored metric as MLflow hands it out: NaN when flagged so (MLflow stores 0 beside the flag)."""
     return math.nan if is_nan else float(value)
-
-
-def open_fast(uri: str) -> Reader | None:
-    """A reader for `uri` that imports no MLflow, or None (then the caller uses the MLflow client)."""
-    if os.environ.get(READ_ENV, "").lower() == "mlflow" or any(os.environ.get(v) for v in FAST_OFF):
-        return None
-    if uri.startswith(("http://", "https://")):
-        from search.results import restread
-
-        client = restread.RestClient.open(uri)
-        return SearchReader(client) if client is not None else None
-    from search.results import sqlread
-
-    return sqlread.SqlReader.open(uri)

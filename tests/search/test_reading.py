@@ -136,7 +136,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_sql_reader_answers_as_the_mlflow_client(store: str) -> None:
-    fast = reading.open_fast(store)
+    fast = query.open_fast(store)
     assert isinstance(fast, sqlread.SqlReader)
     reference = reading.SearchReader(MlflowClient(store))
     assert_same_answers(fast, reference)
@@ -158,7 +158,7 @@ def test_the_fast_path_falls_back_to_the_client_on_a_store_it_cannot_read(store:
     monkeypatch.setattr(sqlread.SqlReader, "rows", broken)
     assert best_tickets(store, sweep="front") == expected  # answered by MLflow, silently
     monkeypatch.setenv(reading.READ_ENV, "mlflow")
-    assert reading.open_fast(store) is None
+    assert query.open_fast(store) is None
 
 
 PROBE = """
@@ -185,11 +185,11 @@ def test_postgres_and_server_readers_answer_as_the_mlflow_client(tmp_path: Path)
 
     with postgres_database("ts_reading") as pg:
         write_store(pg)
-        fast = reading.open_fast(pg)
+        fast = query.open_fast(pg)
         assert isinstance(fast, sqlread.SqlReader)
         assert_same_answers(fast, reading.SearchReader(MlflowClient(pg)))
         with MlflowServer(pg, tmp_path / "artifacts") as server:
-            rest = reading.open_fast(server.uri)
+            rest = query.open_fast(server.uri)
             assert isinstance(rest, reading.SearchReader) and isinstance(rest.client, restread.RestClient)
             assert_same_answers(rest, reading.SearchReader(MlflowClient(server.uri)))
             env = {k: v for k, v in os.environ.items() if k != reading.READ_ENV}
@@ -212,7 +212,7 @@ def test_the_rest_client_sends_the_credentials_mlflow_would(monkeypatch: pytest.
     assert client.headers["Authorization"] == "Basic YW5uOnB3"  # ann:pw, before the token, as MLflow does
     assert client.host == "https://h/prefix" and client.context is not None
     monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "my-plugin")  # an auth plugin signs requests: MLflow's job
-    assert reading.open_fast("http://h:5000") is None
+    assert query.open_fast("http://h:5000") is None
     assert restread.RestClient.open("http://user:pw@h:5000") is None  # credentials in the URI: left to MLflow
 
 
