@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # any client with MlflowClient's `search_runs` will do (searc
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-FRONT_PAGE = 50  # runs per query walking a front (2,000 tickets: 7 queries reading 301 runs; at 200: 4 reading 607)
+FRONT_PAGE = 20  # runs per query walking a front: a server reads and sends each whole (see benchmarks/RESULTS.md)
 
 
 class Point(NamedTuple):
