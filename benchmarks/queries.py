@@ -4,13 +4,17 @@ controls, on the local sqlite store and against `mlflow server` on PostgreSQL.
     python -m benchmarks.queries                                  # 10,000 ticket runs: both stores; writes
                                                                   # its section of benchmarks/RESULTS.md
     python -m benchmarks.queries --tickets 100000 --stores sqlite --out ''   # print only
+    python -m benchmarks.queries --before /tmp/old                 # also time an older source tree (checked out
+                                                                  # there, e.g. `git archive REV | tar -x -C DIR`)
 
 Two sweeps of N/2 ticket runs each (5 levels per trial, 2 controls beside every ticket: 3N runs plus N/5
 trial runs): `acc` (accuracy_at_density, target 0.2) and `front` (pareto). The stores are filled by direct
 SQL inserts through MLflow's own store (benchmarks/fill.py: the client would take about 25 ms a run). Each
 command runs as a user runs it, a new `python -m search` process (start-up and imports included), REPS
 times; the table gives the median wall time and the median CPU seconds of that process (user + system),
-which a loaded shared machine inflates less than wall time. PostgreSQL is the service on 127.0.0.1:5432
+which a loaded shared machine inflates less than wall time. With `--before DIR` each command also runs from
+the source tree DIR, alternately with ours on the same store, so the two columns share one machine load.
+PostgreSQL is the service on 127.0.0.1:5432
 (trust auth, user postgres); a scratch database is created and dropped.
 """
 
@@ -35,6 +39,7 @@ START, END = "<!-- queries:start -->", "<!-- queries:end -->"  # the section of 
 REPS = 3
 TARGETS = {"sqlite": 1.5, "server": 2.5}  # seconds, whole command, for the queries (help: 0.5 s)
 HELP_TARGET = 0.5
+SERVER_START_S = 600  # a server on a machine shared by busy neighbours can take minutes to answer /health
 FLOOR = ["-c", "import os; from mlflow.tracking import MlflowClient; "
                 "MlflowClient(os.environ['MLFLOW_TRACKING_URI']).search_experiments(max_results=1)"]
 COMMANDS = [  # (label, argv after `python -m search`, or a FLOOR script; target kind)
@@ -55,32 +60,43 @@ class Timing:
     wall: float  # seconds, median
     cpu: float  # seconds, median
     target: float  # seconds of wall time
+    before: tuple[float, float] | None = None  # (wall, CPU) of the --before source tree, medians
 
     def row(self) -> str:
         met = "yes" if self.wall <= self.target else "**no**"
-        return (f"| {self.store} | {self.tickets:,} | `{self.command}` | {self.wall:.2f} s | {self.cpu:.2f} s | "
-                f"< {self.target} s | {met} |")
+        old = "-" if self.before is None else f"{self.before[0]:.2f} s ({self.before[1]:.2f} s)"
+        return (f"| {self.store} | {self.tickets:,} | `{self.command}` | {old} | {self.wall:.2f} s | "
+                f"{self.cpu:.2f} s | < {self.target} s | {met} |")
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one `python -m search ARGV` process."""
+def timed(argv: list[str], env: dict[str, str], cwd: str | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `python -m search ARGV` process (the package found in `cwd`)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     command = [sys.executable, *argv] if argv[0] == "-c" else [sys.executable, "-m", "search", *argv]
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=cwd)
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def measure(store: str, uri: str, tickets: int, reps: int) -> list[Timing]:
+def _medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def measure(store: str, uri: str, tickets: int, reps: int, before: str | None = None) -> list[Timing]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("PYTHONPATH", None)  # the package comes from the working folder: ours, or the --before tree
     rows = []
     for label, argv, kind in COMMANDS:
-        runs = [timed(argv, env) for _ in range(reps)]
-        wall, cpu = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+        ours, theirs = [], []
+        for _ in range(reps):  # alternately, so both see the same load
+            ours.append(timed(argv, env))
+            if before is not None and kind != "floor":
+                theirs.append(timed(argv, env, cwd=before))
+        wall, cpu = _medians(ours)
         target = HELP_TARGET if kind == "help" else TARGETS[store]  # the floor: what any MLflow query pays
-        rows.append(Timing(store, tickets, label, wall, cpu, target))
+        rows.append(Timing(store, tickets, label, wall, cpu, target, _medians(theirs) if theirs else None))
     return rows
 
 
@@ -92,19 +108,23 @@ def fill_both(uri: str, artifacts: str, tickets: int) -> float:
     return time.perf_counter() - began
 
 
-def sqlite_rows(tickets: int, reps: int, tmp: Path) -> tuple[list[Timing], float]:
+def sqlite_rows(tickets: int, reps: int, tmp: Path, before: str | None) -> tuple[list[Timing], float]:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     seconds = fill_both(uri, str(tmp / "artifacts"), tickets)
-    return measure("sqlite", uri, tickets, reps), seconds
+    return measure("sqlite", uri, tickets, reps, before), seconds
 
 
-def server_rows(tickets: int, reps: int, tmp: Path) -> tuple[list[Timing], float]:
+def server_rows(tickets: int, reps: int, tmp: Path, before: str | None) -> tuple[list[Timing], float]:
     from tests.helpers.servers import MlflowServer, postgres_database
 
     with postgres_database("ts_bench_queries") as pg:
         seconds = fill_both(pg, str(tmp / "server-artifacts"), tickets)
-        with MlflowServer(pg, tmp / "server-artifacts", extra_args=["--workers", "2"]) as server:
-            return measure("server", server.uri, tickets, reps), seconds
+        server = MlflowServer(pg, tmp / "server-artifacts", extra_args=["--workers", "2"])
+        server.start(timeout=SERVER_START_S)
+        try:
+            return measure("server", server.uri, tickets, reps, before), seconds
+        finally:
+            server.stop()
 
 
 def section(rows: list[Timing], fills: dict[str, float], load: str, command: str, reps: int) -> str:
@@ -112,8 +132,11 @@ def section(rows: list[Timing], fills: dict[str, float], load: str, command: str
              f"Command: `{command}`; load average (1 min) at start and end: {load}. Whole-command times: a new "
              "`python -m search` process per run (start-up, imports and queries), median of "
              f"{reps} runs; CPU = user + system seconds of that process (what a loaded, shared machine inflates "
-             "least). Each store holds the ticket runs, 2 controls per ticket and a trial run per 5 tickets.", "",
-             "| store | ticket runs | command | wall | CPU | target (wall) | met? |", "|---|---|---|---|---|---|---|"]
+             "least). Each store holds the ticket runs, 2 controls per ticket and a trial run per 5 tickets. "
+             "Before: the same command from the source tree given as `--before`, run alternately with ours "
+             "(wall, CPU in brackets); the floor is timed once.", "",
+             "| store | ticket runs | command | before: wall (CPU) | wall | CPU | target (wall) | met? |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [r.row() for r in rows]
     lines += ["", "Filling (direct SQL inserts through MLflow's SqlAlchemyStore, benchmarks/fill.py): " +
               "; ".join(f"{k}: {v:.0f} s" for k, v in fills.items()) + ". Extrapolated, not measured: at these "
@@ -135,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tickets", type=int, nargs="+", default=[10_000], help="ticket runs per store")
     parser.add_argument("--stores", default="sqlite,server", help="comma list of sqlite, server")
     parser.add_argument("--reps", type=int, default=REPS)
+    parser.add_argument("--before", help="a source tree of another version: its commands are timed alongside")
     parser.add_argument("--out", default=str(RESULTS), help="markdown file whose queries section is replaced "
                                                              "('' = print only)")
     args = parser.parse_args(argv)
@@ -148,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.tickets:
         for store in stores:
             with tempfile.TemporaryDirectory(prefix="ts-bench-queries-") as tmp:
-                new, fills[f"{store} {n:,}"] = makers[store](n, args.reps, Path(tmp))
+                new, fills[f"{store} {n:,}"] = makers[store](n, args.reps, Path(tmp), args.before)
             rows += new
             for r in new:
                 print(f"{r.store} {n}: {r.command}: {r.wall:.2f} s wall, {r.cpu:.2f} s CPU", flush=True)

@@ -119,12 +119,12 @@ def best_table(records: list[TicketRecord], title: str, confirmed: bool = False)
 
 
 def best_command(args: argparse.Namespace) -> int:
-    from search.results.query import best_tickets, sweep_objective
+    from search.results.query import best
     from search.sweep import objectives
 
-    records = best_tickets(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
-                           dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top,
-                           rank=args.rank, confirmed=args.confirmed, structure=args.structure)
+    objective, records = best(args.tracking_uri, sweep=args.sweep, max_density=args.max_density,
+                              dataset=args.dataset, scorer=args.scorer, model=args.model, top=args.top,
+                              rank=args.rank, confirmed=args.confirmed, structure=args.structure)
     if getattr(args, "register", None) and records:
         from search.results.register import register_best
 
@@ -140,7 +140,7 @@ def best_command(args: argparse.Namespace) -> int:
         console.print(f"No ticket runs in {where} match these filters yet.")
         return 0
     if args.sweep is not None:
-        title = objectives.get(sweep_objective(args.tracking_uri, args.sweep)).title.format(sweep=args.sweep)
+        title = objectives.get(objective).title.format(sweep=args.sweep)
     else:
         title = "Best tickets by validation score"
     if args.confirmed:

@@ -9,15 +9,16 @@ and controls are looked up per shown ticket instead of reading every control run
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
-
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from search.tracking import schema as S
 
-FRONT_PAGE = 50  # runs per query walking a front (2,000 tickets: 7 queries reading 301 runs; at 200: 4 reading 607)
+if TYPE_CHECKING:  # any client with MlflowClient's `search_runs` will do (search/results/restread.py)
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+FRONT_PAGE = 20  # runs per query walking a front: a server reads and sends each whole (see benchmarks/RESULTS.md)
 
 
 class Point(NamedTuple):
@@ -79,9 +80,10 @@ def controls_of(client: MlflowClient, ticket: Run) -> dict[str, float]:
     return {run.data.tags[S.TAG_MEMBER]: run.data.metrics.get("val_score", math.nan) for run in runs}
 
 
-def control_margins(client: MlflowClient, tickets: Sequence[Run]) -> dict[str, dict[str, float]]:
+def control_margins(controls: Callable[[Run], dict[str, float]], tickets: Sequence[Run]) -> dict[str, dict[str, float]]:
     """ticket run id -> {control: ticket val_score - control val_score}, for the tickets shown only: read off
-    the ticket run (CONTROL_SCORE metrics) or, for a run written before those, from one query per ticket."""
+    the ticket run (CONTROL_SCORE metrics) or, for a run written before those, `controls(ticket)`: one query
+    per ticket (a Reader's `controls`)."""
     out: dict[str, dict[str, float]] = {}
     for t in tickets:
         names = [c for c in t.data.params.get("prune.controls", "").split(",") if c]
@@ -89,6 +91,6 @@ def control_margins(client: MlflowClient, tickets: Sequence[Run]) -> dict[str, d
             continue
         m = t.data.metrics
         carried = {c: m[S.CONTROL_SCORE.format(control=c)] for c in names if S.CONTROL_SCORE.format(control=c) in m}
-        found = carried if len(carried) == len(names) else controls_of(client, t)  # older runs: one query
+        found = carried if len(carried) == len(names) else controls(t)  # older runs: one query
         out[t.info.run_id] = {name: m.get("val_score", math.nan) - v for name, v in sorted(found.items())}
     return out

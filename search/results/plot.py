@@ -37,9 +37,9 @@ from search.results.query import (
     experiment_id,
     parent_run,
     sweep_tickets,
-    ticket_filter,
     tracking_root,
 )
+from search.results.reading import ticket_filter
 from search.sweep.objectives import pareto_front
 from search.tracking import schema as S
 from search.tracking import store

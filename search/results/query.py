@@ -18,23 +18,26 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
-from search.results import fetch, sqlfetch, uncertainty
+from search.results import fetch, reading, uncertainty
+from search.results.reading import ticket_where
 from search.sweep import objectives
 from search.sweep.storage import DEFAULT_ROOT, MLFLOW_DB
 from search.tracking import schema as S
-from search.tracking import store
 from trainables.config import ConfigError, Ticket
 
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+# MLflow is imported where a client is made: `best` reads most stores without it (search/results/reading.py).
+T = TypeVar("T")
+
 RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow run ids: uuid4 hex
-SAFE_VALUE = re.compile(r"[A-Za-z0-9_.:+\-]{1,200}")  # tag values we put inside a filter string
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,47 @@ def tracking_root(tracking_uri: str) -> Path:
     return Path.cwd()
 
 
-def client_for(tracking_uri: str | None) -> MlflowClient:
-    """A client for `tracking_uri`; a local sqlite file that does not exist is a user mistake, not a
-    new store (MLflow would silently create an empty one)."""
+def store_uri(tracking_uri: str | None) -> str:
+    """`tracking_uri` (or the default); a local sqlite file that does not exist is a user mistake, not a new
+    store (MLflow would silently create an empty one)."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ConfigError(f"--tracking-uri: no MLflow store at {uri.removeprefix('sqlite:///')}")
-    return MlflowClient(uri)
+    return uri
+
+
+def client_for(tracking_uri: str | None) -> MlflowClient:
+    """An MLflow client for `tracking_uri` (checked by `store_uri`)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(store_uri(tracking_uri))
+
+
+def open_fast(uri: str) -> reading.Reader | None:
+    """A reader for `uri` that imports no MLflow, or None (then the caller uses the MLflow client)."""
+    if os.environ.get(reading.READ_ENV, "").lower() == "mlflow" or any(os.environ.get(v) for v in reading.FAST_OFF):
+        return None
+    if uri.startswith(("http://", "https://")):
+        from search.results import restread  # urllib, ssl: only for a server
+
+        client = restread.RestClient.open(uri)
+        return reading.SearchReader(client) if client is not None else None
+    from search.results import sqlread
+
+    return sqlread.SqlReader.open(uri)
+
+
+def read(tracking_uri: str | None, answer: Callable[[reading.Reader], T]) -> T:
+    """`answer(reader)` from a reader that imports no MLflow where one fits the store, else (or when it cannot
+    answer) from the MLflow client: the same answer either way (search/results/reading.py)."""
+    uri = store_uri(tracking_uri)
+    try:
+        fast = open_fast(uri)
+        if fast is not None:
+            return answer(fast)
+    except reading.Unavailable:
+        pass
+    return answer(reading.SearchReader(client_for(uri)))
 
 
 def check_run_id(text: str, what: str = "run id") -> str:
@@ -107,6 +144,8 @@ def check_run_id(text: str, what: str = "run id") -> str:
 
 
 def get_run(client: MlflowClient, run_id: str) -> Run:
+    from mlflow.exceptions import MlflowException
+
     check_run_id(run_id)
     try:
         return client.get_run(run_id)
@@ -127,19 +166,23 @@ def get_ticket_run(client: MlflowClient, run_id: str) -> Run:
     return run
 
 
-def experiment_id(client: MlflowClient, sweep: str) -> str:
-    exp = client.get_experiment_by_name(sweep)
-    if exp is None or exp.lifecycle_stage != "active":
-        known = sorted(e.name for e in store.experiments(client))
+def sweep_id(reader: reading.Reader, sweep: str) -> str:
+    """The id of the active experiment `sweep`; ConfigError naming the known sweeps otherwise."""
+    found = reader.experiment(sweep)
+    if found is None or found[1] != "active":
+        known = sorted(name for _, name in reader.experiments())
         raise ConfigError(f"unknown sweep '{sweep}'; known sweeps: {', '.join(known) or 'none'}")
-    return str(exp.experiment_id)
+    return found[0]
+
+
+def experiment_id(client: MlflowClient, sweep: str) -> str:
+    return sweep_id(reading.SearchReader(client), sweep)
 
 
 def parent_run(client: MlflowClient, exp_id: str) -> Run | None:
     """The sweep's parent run (`tags.kind = 'sweep'`), the latest by start time."""
-    runs = client.search_runs([exp_id], f"tags.{S.KIND} = '{S.SWEEP}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+    run: Run | None = reading.SearchReader(client).parent(exp_id)
+    return run
 
 
 def _parent_param(parent: Run | None, name: str) -> str | None:
@@ -160,51 +203,9 @@ def _target(raw: str | None) -> float | None:
         return None
 
 
-def objective(client: MlflowClient, exp_id: str) -> str:
-    """The sweep's objective as its parent run recorded it (the default objective when unrecorded)."""
-    return _parent_param(parent_run(client, exp_id), S.PARAM_OBJECTIVE) or objectives.DEFAULT
-
-
-def target_density(client: MlflowClient, exp_id: str) -> float | None:
-    """The density an `accuracy_at_density` sweep aims at, as its parent run recorded it (a hair above)."""
-    return _target(_parent_param(parent_run(client, exp_id), S.PARAM_TARGET))
-
-
 def max_instability(client: MlflowClient, exp_id: str) -> float | None:
     """The sweep's `[objective] max_instability` as its parent run recorded it (None: unconstrained)."""
     return _bound(_parent_param(parent_run(client, exp_id), S.PARAM_MAX_INSTABILITY))
-
-
-def sweep_objective(tracking_uri: str | None, sweep: str) -> str:
-    """The sweep's objective as its parent run recorded it (the default objective when unrecorded)."""
-    client = client_for(tracking_uri)
-    return objective(client, experiment_id(client, sweep))
-
-
-def _tag_clause(tag: str, value: str | None) -> list[str]:
-    if value is None:
-        return []
-    if not SAFE_VALUE.fullmatch(value):
-        raise ConfigError(f"--{tag}: {value[:80]!r} is not a valid name (letters, digits, _ . : + -)")
-    return [f"tags.{tag} = '{value}'"]
-
-
-def ticket_filter(*, max_density: float | None = None, dataset: str | None = None,
-                  scorer: str | None = None, model: str | None = None, controls: bool = False,
-                  max_instability: float | None = None, structure: str | None = None) -> str:
-    """The filter string of the "best tickets" query (MLflow filters know `and` only); with
-    `controls=True` the same filters select the control runs instead (controls measure no instability)."""
-    member = f"!= '{S.MEMBER_TICKET}'" if controls else f"= '{S.MEMBER_TICKET}'"
-    clauses = [f"tags.{S.KIND} = '{S.TICKET}'", f"tags.{S.TAG_MEMBER} {member}"]
-    if max_density is not None:
-        if not (isinstance(max_density, int | float) and 0 < max_density <= 1):
-            raise ConfigError(f"--max-density: {max_density!r} is outside (0, 1]")
-        clauses.append(f"metrics.density <= {float(max_density)!r}")
-    if max_instability is not None and not controls:
-        clauses.append(f"metrics.{S.INSTABILITY_METRICS[0]} <= {float(max_instability)!r}")
-    for tag, value in (("dataset", dataset), ("scorer", scorer), ("model", model), ("structure", structure)):
-        clauses += _tag_clause(tag, value)
-    return " and ".join(clauses)
 
 
 def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecord:
@@ -222,15 +223,25 @@ def to_record(run: Run, controls: dict[str, float] | None = None) -> TicketRecor
         latency_ms=m.get(S.LATENCY, math.nan))
 
 
-def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
-                 max_density: float | None = None, dataset: str | None = None, scorer: str | None = None,
-                 model: str | None = None, top: int | None = 10, rank: str = "mean",
-                 confirmed: bool = False, structure: str | None = None) -> list[TicketRecord]:
+class Best(NamedTuple):
+    objective: str  # the objective that ranked them (the sweep's; across sweeps the default, by val_score)
+    records: list[TicketRecord]
+
+
+def best_tickets(tracking_uri: str | None = None, **options: Any) -> list[TicketRecord]:
+    """The best ticket runs, as the sweep's objective ranks them (`best`'s records; its options)."""
+    return best(tracking_uri, **options).records
+
+
+def best(tracking_uri: str | None = None, *, sweep: str | None = None,
+         max_density: float | None = None, dataset: str | None = None, scorer: str | None = None,
+         model: str | None = None, top: int | None = 10, rank: str = "mean",
+         confirmed: bool = False, structure: str | None = None) -> Best:
     """The best ticket runs, as the sweep's objective ranks them: by val_score (descending), or a front.
 
-    On a database store one query of three columns ranks the tickets (search/results/sqlfetch.py); elsewhere
-    one `search_runs` query does (a front is walked by narrowing queries, search/results/fetch.py). Only the
-    tickets shown are read whole; their control margins come with them.
+    One query ranks the tickets (a front reads only its candidates, never the dominated bulk); only the
+    tickets shown are read whole, and their control margins come with them. A sqlite or PostgreSQL store is
+    read in SQL and an `mlflow server` over REST, without importing MLflow (search/results/reading.py).
     `sweep=None` searches every experiment and ranks by val_score; with a sweep and no `max_density`, an
     objective that targets a density filters by the sweep's own, and a sweep with `[objective]
     max_instability` shows only tickets that stable. `top` caps a ranked list; a ranking that needs every
@@ -241,52 +252,48 @@ def best_tickets(tracking_uri: str | None = None, *, sweep: str | None = None,
     uncertainty.check_rank(rank)
     if top is not None and top < 1:
         raise ConfigError(f"--top: need a positive count, got {top}")
-    client = client_for(tracking_uri)
     filters: dict[str, Any] = {"max_density": max_density, "dataset": dataset, "scorer": scorer, "model": model,
-                               "structure": structure}
-    ranking = objectives.get(objectives.DEFAULT)  # across sweeps: by val_score
+                               "structure": structure, "confirmed": confirmed}
+    ticket_where(**filters)  # bad values are the user's mistake before any store is opened
+    return read(tracking_uri, lambda reader: best_from(reader, sweep, filters, top, rank, confirmed))
+
+
+def best_from(reader: reading.Reader, sweep: str | None, filters: dict[str, Any], top: int | None, rank: str,
+              confirmed: bool) -> Best:
+    """`best` answered by `reader` (`filters`: best's filter arguments, checked)."""
+    filters = dict(filters)
+    name = objectives.DEFAULT  # across sweeps: by val_score
     if sweep is not None:
-        exp_ids = [experiment_id(client, sweep)]
-        parent = parent_run(client, exp_ids[0])  # read once: it holds the objective and the target
-        ranking = objectives.get(_parent_param(parent, S.PARAM_OBJECTIVE) or objectives.DEFAULT)
-        if max_density is None and ranking.targets_density:  # a sweep's best tickets are those at its target
+        exp_ids = [sweep_id(reader, sweep)]
+        parent = reader.parent(exp_ids[0])  # read once: it holds the objective and the target
+        name = _parent_param(parent, S.PARAM_OBJECTIVE) or objectives.DEFAULT
+    ranking = objectives.get(name)
+    if sweep is not None:
+        if filters["max_density"] is None and ranking.targets_density:  # a sweep's best: those at its target
             filters["max_density"] = _target(_parent_param(parent, S.PARAM_TARGET))
         filters["max_instability"] = _bound(_parent_param(parent, S.PARAM_MAX_INSTABILITY))  # stable ones only
     else:
-        exp_ids = [str(e.experiment_id) for e in store.experiments(client)]
+        exp_ids = [i for i, _ in reader.experiments()]
     if not exp_ids:
-        return []
+        return Best(name, [])
     if rank != "mean" and ranking.whole:
         raise ConfigError(f"--rank: sweep '{sweep}' ranks by a Pareto front (of means); valid here: mean")
     resort = rank != "mean" or (confirmed and not ranking.whole)
-    where = ticket_filter(**filters) + (f" and tags.{S.CONFIRMED} = 'true'" if confirmed else "")  # checks values
-    # The fast paths rank (val_score, sparsity) alone: not a stability bound, a confirmed or resorted ranking, or
-    # the latency front (whose tickets are read whole and ranked here).
-    latency = "latency_ms" in ranking.metrics
-    plain = not (confirmed or resort or latency or filters.get("max_instability") is not None)
-    light = sqlfetch.points(tracking_uri or default_tracking_uri(), exp_ids, filters,
-                            top=None if ranking.whole else top) if plain else None
-    if light is not None:  # a database store: rank three columns, then read the runs shown
-        front = objectives.pareto_front([fetch.Point(*p) for p in light]) if ranking.whole else light
-        runs = sqlfetch.runs_by_id(client, exp_ids, [p[0] for p in front])
-    elif ranking.whole and not latency:  # a front: only its candidates are read, never the dominated bulk
-        runs = fetch.front_candidates(client, exp_ids, where)
-    elif latency:
-        runs = store.search_all(client, exp_ids, where, order_by=["metrics.val_score DESC"])
+    where = ticket_where(**filters)
+    latency = "latency_ms" in ranking.metrics  # the latency front reads every ticket whole and ranks it here
+    if ranking.whole and not latency:  # a front: only its candidates are read, never the dominated bulk
+        runs = reader.front(exp_ids, where)
     else:
-        runs = store.search_all(client, exp_ids, where, order_by=["metrics.val_score DESC"],
-                                limit=None if resort else top)
+        runs = reader.ranked(exp_ids, where, None if resort or latency else top)
     ranked = ranking.rank([to_record(r) for r in runs])
     if resort:
         ranked = uncertainty.rerank(ranked, rank, confirmed, top)
     shown = {r.run_id for r in ranked}
-    margins = fetch.control_margins(client, [r for r in runs if r.info.run_id in shown])  # the shown ones only
-    return [replace(r, controls=margins.get(r.run_id, {})) for r in ranked]
+    margins = fetch.control_margins(reader.controls, [r for r in runs if r.info.run_id in shown])  # shown only
+    return Best(name, [replace(r, controls=margins.get(r.run_id, {})) for r in ranked])
 
 
 def sweep_tickets(tracking_uri: str | None, sweep: str) -> list[TicketRecord]:
     """Every ticket run of a sweep (no controls), best val_score first."""
-    client = client_for(tracking_uri)
-    runs = store.search_all(client, [experiment_id(client, sweep)], ticket_filter(),
-                            order_by=["metrics.val_score DESC"])
-    return [to_record(r) for r in runs]
+    return read(tracking_uri, lambda r: [to_record(run) for run in r.ranked([sweep_id(r, sweep)], ticket_where(),
+                                                                           None)])

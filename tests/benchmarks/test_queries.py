@@ -13,7 +13,8 @@ import pytest
 from benchmarks.fill import CONTROLS, fill
 from benchmarks.queries import END, START, write_section
 from search.results import fetch
-from search.results.query import best_tickets, client_for, experiment_id, sweep_tickets, ticket_filter
+from search.results.query import best_tickets, client_for, experiment_id, sweep_tickets
+from search.results.reading import ticket_filter
 from search.sweep.objectives import pareto_front
 
 
