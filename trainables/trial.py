@@ -134,7 +134,8 @@ def run_trial(config: Mapping[str, Any], reporter: Reporter, sink: Sink | None =
 
     try:
         root = config.get(STAGE_STORE)
-        lottery = (StagedLottery(ticket, store=StageStore(root), state=state, on_epoch=on_epoch) if root
+        store = StageStore(root, owner=reporter.trial_id()) if root else None
+        lottery = (StagedLottery(ticket, store=store, state=state, on_epoch=on_epoch) if store is not None
                    else Lottery(ticket, state=state, on_epoch=on_epoch))
         for result in lottery.run():
             if config.get(MEASURE_LATENCY):  # before anything records the level: the sink and checkpoint carry it

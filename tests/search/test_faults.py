@@ -111,7 +111,9 @@ def wait_for(predicate: Any, what: str, timeout: float = 240, proc: subprocess.P
 
 @pytest.mark.slow
 def test_worker_node_lost_mid_sweep_trials_restart_from_their_level(tmp_path: Path) -> None:
-    doc = to_max_t(sweep_doc(tmp_path, "nodelost", budget={"num_samples": 4, "max_concurrent": 3}), epochs=3)
+    # 15 epochs a level (about a second here): the node is killed while the victim trains its next level, not
+    # after its whole (fast) trial has ended, whatever a level-0 entry in the stage store saves it.
+    doc = to_max_t(sweep_doc(tmp_path, "nodelost", budget={"num_samples": 4, "max_concurrent": 3}), epochs=15)
     doc["resources"] = {"cpu": 1}
     (tmp_path / "sweep.json").write_text(json.dumps(doc))
     with own_ray_tmpdir() as ray_tmp:

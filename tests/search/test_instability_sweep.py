@@ -78,13 +78,14 @@ def test_max_instability_needs_the_trials_to_measure_it(tmp_path: Path) -> None:
     sweep = sweep_from_dict(doc, cwd=tmp_path)
     assert sweep.max_instability == 0.02
 
-    # The searcher hands Optuna's samplers each trial's last instability as a constraint (feasible <= 0).
+    # The searcher hands Optuna's samplers each trial's last instability as a constraint (feasible <= 0); a level
+    # reports it with its last evaluation (level_done), the only results Optuna hears.
     search = searcher(sweep)
     for trial_id, instability in (("stable", 0.01), ("unstable", 0.05), ("unmeasured", None)):
         search.suggest(trial_id)
         row = {"val_score": 0.9, "training_iteration": 1, "epochs_total": 1.0}
         if instability is not None:
-            search.on_trial_result(trial_id, {**row, "instability_val": instability})
+            search.on_trial_result(trial_id, {**row, "instability_val": instability, "level_done": True})
         search.on_trial_complete(trial_id, {**row, "final": True})
     study = optuna.load_study(study_name="s", storage=optuna_storage(sweep.optuna_storage))
     got = [t.constraints["instability"] for t in study.get_trials()]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +80,39 @@ def test_a_stale_lease_is_taken_over(tmp_path: Path) -> None:
     assert not reused and torch.equal(tensors["w"], torch.ones(2))
     assert time.monotonic() - start >= 0.5
     assert not lease.exists()
+
+
+def _lease_of(tmp_path: Path, token: str) -> Path:
+    lease = tmp_path / KEY[:2] / f"{KEY}{paths.STAGE_LEASE_SUFFIX}"
+    lease.parent.mkdir(parents=True)
+    lease.write_text(token)
+    return lease
+
+
+@pytest.mark.parametrize("holder", ["an earlier attempt of this trial", "a process of this host that is gone"])
+def test_a_provably_dead_holder_is_not_waited_out(tmp_path: Path, holder: str) -> None:
+    """A trial restarted after its node died finds its own earlier lease (or, on one host, a gone pid): it
+    takes it over at once instead of waiting lease_s (120 s by default) for a heartbeat that never comes."""
+    if holder.startswith("an earlier"):
+        token = f"another-node 4242 trial_7 {'0' * 32}"
+    else:
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        token = f"{socket.gethostname()} {gone} trial_9 {'0' * 32}"
+    lease = _lease_of(tmp_path, token)
+    start = time.monotonic()
+    (_, tensors), reused = StageStore(tmp_path, lease_s=60, poll_s=0.05, owner="trial_7").obtain(
+        KEY, lambda: ({}, {"w": torch.ones(2)}))
+    assert not reused and torch.equal(tensors["w"], torch.ones(2))
+    assert time.monotonic() - start < 10  # not the 60 s of a silent lease
+    assert not lease.exists()
+
+
+def test_another_owners_lease_on_another_host_is_waited_out(tmp_path: Path) -> None:
+    _lease_of(tmp_path, f"another-node 4242 trial_8 {'0' * 32}")
+    start = time.monotonic()
+    StageStore(tmp_path, lease_s=0.5, poll_s=0.05, owner="trial_7").obtain(KEY, lambda: ({}, {"w": torch.ones(2)}))
+    assert time.monotonic() - start >= 0.5  # nothing proves that holder dead: its silence has to
 
 
 def test_a_live_lease_is_waited_for(tmp_path: Path, spawn: Any) -> None:

@@ -10,7 +10,9 @@ at most a stray `.tmp-*` folder, never a half entry. Nothing is pickled.
 train it once: the producer holds a lease, the file `<key>.lease` made with O_CREAT|O_EXCL (atomic on a
 local disk and on NFS v3+), whose modification time a heartbeat thread bumps every `lease_s / 4` seconds;
 the others poll until the entry appears. A waiter that sees the lease file unchanged for `lease_s` of its
-own clock (no comparison with another node's clock) takes the lease over: the holder crashed. Correctness
+own clock (no comparison with another node's clock) takes the lease over: the holder crashed. It does so at
+once where the holder is provably dead: an earlier attempt of the same trial (the lease names its owner) or a
+process of this host that is gone. Correctness
 never rests on the lease: two producers of one key write the same content and the second rename is a no-op.
 
 Test-only: the environment variable TICKET_SEARCH_TEST_STAGE_DELAY (seconds) holds a producer inside its
@@ -45,11 +47,16 @@ Entry = tuple[dict[str, Any], Tensors]
 
 
 class StageStore:
-    """Entries under `root`; see the module docstring. `lease_s`: how long a silent lease lives."""
+    """Entries under `root`; see the module docstring. `lease_s`: how long a silent lease lives. `owner`: who
+    takes leases (a trial id): a lease held by the same owner is an earlier attempt's, dead once the owner runs
+    again (Ray restarts a trial only after it failed), so it is taken over at once, as is one whose holder
+    process on this host is gone; only a holder on another host is waited out for `lease_s`."""
 
-    def __init__(self, root: str | Path, *, lease_s: float = LEASE_S, poll_s: float = POLL_S) -> None:
+    def __init__(self, root: str | Path, *, lease_s: float = LEASE_S, poll_s: float = POLL_S,
+                 owner: str = "") -> None:
         self.root = Path(root)
         self.lease_s, self.poll_s = lease_s, poll_s
+        self.owner = "".join(c for c in owner if c.isalnum() or c in "-_") or "-"
 
     def folder(self, key: str) -> Path:
         if not key.isalnum():  # a hex digest: never a path elsewhere
@@ -111,7 +118,7 @@ class StageStore:
         """Yield True holding the lease of `key`, or False after waiting out another holder."""
         lease = self.folder(key).parent / f"{key}{paths.STAGE_LEASE_SUFFIX}"
         lease.parent.mkdir(parents=True, exist_ok=True)
-        token = f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex}"
+        token = f"{socket.gethostname()} {os.getpid()} {self.owner} {uuid.uuid4().hex}"
         try:
             fd = os.open(lease, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -145,11 +152,30 @@ class StageStore:
             if (self.folder(key) / paths.STAGE_JSON).exists():  # complete: entries are renamed into place
                 return
             now = _look(lease)
+            if now is not None and self._dead(now[1]):
+                _break(lease, now)
+                return
             if now != seen:
                 seen, since = now, time.monotonic()
             elif time.monotonic() - since >= self.lease_s:
                 _break(lease, seen)
                 return
+
+    def _dead(self, token: str) -> bool:
+        """Whether the lease `token` names is provably abandoned: an earlier attempt of this owner, or a
+        process of this host that no longer exists (not a pid reused by this very process)."""
+        host, pid, owner, *_ = [*token.split(), "", "", ""]
+        if self.owner != "-" and owner == self.owner:
+            return True
+        if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # exists, another user's
+        return False
 
 
 def _look(lease: Path) -> tuple[int, str] | None:
