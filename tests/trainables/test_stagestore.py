@@ -4,7 +4,6 @@ taken over, and an entry is either absent or complete."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 import socket
 import subprocess
 import sys
@@ -115,11 +114,11 @@ def test_another_owners_lease_on_another_host_is_waited_out(tmp_path: Path) -> N
     assert time.monotonic() - start >= 0.5  # nothing proves that holder dead: its silence has to
 
 
-def test_a_live_lease_is_waited_for(tmp_path: Path, spawn: Any) -> None:
+def test_a_live_lease_is_waited_for(tmp_path: Path, spawn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A holder whose heartbeat goes on for longer than lease_s is not declared dead: one production."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    os.environ[DELAY_ENV] = "1.5"  # the producer holds its lease 1.5 s, nearly 4 leases of 0.4 s
+    monkeypatch.setenv(DELAY_ENV, "1.5")  # the producer holds its lease 1.5 s, nearly 4 leases of 0.4 s
     with spawn(2) as pool:
         reused = pool.starmap(_need, [(str(tmp_path / "store"), str(markers), t, 0.4) for t in ("a", "b")])
     assert len(list(markers.iterdir())) == 1 and sorted(reused) == [False, True]
