@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import os
 import re
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 from benchmarks import capacity_driver as drv
 from benchmarks import capacity_server as srv
 from benchmarks import capacity_study as stu
-from benchmarks.common import machine
+from benchmarks.common import command_line, machine
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 START, END = "<!-- capacity:start -->", "<!-- capacity:end -->"  # the section of RESULTS.md this module owns
@@ -237,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             with postgres_database("ts_bench_capacity") as pg:
                 studies = study_cells(args, pg)
     info["load_end"] = f"{os.getloadavg()[0]:.1f}"
-    command = "python -m benchmarks.capacity " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = section(drivers, servers, args, info, command.strip(), studies)
+    command = command_line("benchmarks.capacity", argv)
+    text = section(drivers, servers, args, info, command, studies)
     print(text)
     out = RESULTS if args.out is None else (Path(args.out) if args.out else None)
     if out is not None:

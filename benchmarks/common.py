@@ -12,6 +12,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -177,6 +178,11 @@ def _fmt(value: float, unit: str) -> str:
     if unit != "s":
         return f"{value:.3g} {unit}"
     return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How a benchmark was run, for its results file: `python -m <module>` and its arguments."""
+    return " ".join(["python -m", module, *(sys.argv[1:] if argv is None else argv)]).strip()
 
 
 def markdown(rows: list[Row], info: dict[str, str], command: str, quick: bool) -> str:

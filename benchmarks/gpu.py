@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import torch
 from rich.console import Console
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import Row, Sizes, machine, markdown, table
+from benchmarks.common import Row, Sizes, command_line, machine, markdown, table
 from benchmarks.engine import path
 from trainables.config import Ticket
 from trainables.lottery import Lottery
@@ -208,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Console(width=150).print(table(rows))
     if args.out:
-        command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
-        Path(args.out).write_text(markdown(rows, info, command.strip(), quick=False))
+        command = command_line("benchmarks.gpu", argv)
+        Path(args.out).write_text(markdown(rows, info, command, quick=False))
     return 0
 
 

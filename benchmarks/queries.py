@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.common import command_line
 from benchmarks.fill import fill
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -176,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += new
             for r in new:
                 print(f"{r.store} {n}: {r.command}: {r.wall:.2f} s wall, {r.cpu:.2f} s CPU", flush=True)
-    command = "python -m benchmarks.queries " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = section(rows, fills, f"{load0:.1f} / {os.getloadavg()[0]:.1f}", command.strip(), args.reps)
+    command = command_line("benchmarks.queries", argv)
+    text = section(rows, fills, f"{load0:.1f} / {os.getloadavg()[0]:.1f}", command, args.reps)
     print(text)
     if args.out:
         write_section(text, Path(args.out))

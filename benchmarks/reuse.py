@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import FULL, QUICK, Row, Sizes, machine, markdown, table
+from benchmarks.common import FULL, QUICK, Row, Sizes, command_line, machine, markdown, table
 from benchmarks.service import SEARCH_VAL_FRACTION, WITHIN, epochs_to_reach, sweep_doc, timed_sweep, trial_outcomes
 from search.tune.runner import SweepOutcome
 
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.number}: {r.ours} {r.ours_value:.1f} epochs, {r.theirs} {r.theirs_value:.1f} epochs, "
               f"ratio {r.ratio:.2f}x; {r.note}", file=sys.stdout)
     if args.out:
-        command = "python -m benchmarks.reuse " + " ".join(sys.argv[1:] if argv is None else argv)
-        Path(args.out).write_text(markdown(rows, machine(), command.strip(), args.quick))
+        command = command_line("benchmarks.reuse", argv)
+        Path(args.out).write_text(markdown(rows, machine(), command, args.quick))
     return 0
 
 

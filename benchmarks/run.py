@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 
 from benchmarks import engine, latency
-from benchmarks.common import FULL, QUICK, Row, Sizes, machine, markdown, table
+from benchmarks.common import FULL, QUICK, Row, Sizes, command_line, machine, markdown, table
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 # The sections other commands own: benchmarks/queries.py's and benchmarks/capacity.py's
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table(rows))
     out = args.out if args.out is not None else ("" if args.quick or args.only else str(RESULTS))
     if out:
-        command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
-        Path(out).write_text(markdown(rows, info, command.strip(), args.quick) + kept_queries(Path(out)))
+        command = command_line("benchmarks.run", argv)
+        Path(out).write_text(markdown(rows, info, command, args.quick) + kept_queries(Path(out)))
         console.print(f"wrote {out}")
     return 0
 

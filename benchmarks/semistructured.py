@@ -22,7 +22,6 @@ Imports torch, rich, benchmarks.common and trainables only (no Ray, MLflow or Op
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from benchmarks.common import Row, machine, markdown, paired, table
+from benchmarks.common import Row, command_line, machine, markdown, paired, table
 from trainables.io import semistructured as semi
 from trainables.io import semistructured_loader as loader
 from trainables.io.semistructured_loader import to_24
@@ -163,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     found[0].note += f"; {check}"
     console.print(table(found))
     if args.out:
-        command = "python -m benchmarks.semistructured " + " ".join(sys.argv[1:] if argv is None else argv)
-        Path(args.out).write_text(markdown(found, info, command.strip(), quick=False))
+        command = command_line("benchmarks.semistructured", argv)
+        Path(args.out).write_text(markdown(found, info, command, quick=False))
     return 0
 
 
