@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from search.sweep.file import load_sweep, sweep_from_dict
 from search.sweep.overrides import read_toml
 from search.sweep.storage import dump_toml
+from search.tune.study import param_space
 from trainables.config import ConfigError
+from trainables.trial import STAGE_STORE
 
 SWEEPS = sorted((Path(__file__).parents[2] / "sweeps").glob("*.toml"))
 SPACE = {"prune.method": ["imp", "init"],
@@ -288,9 +290,6 @@ def test_junk_either_loads_or_raises_one_line_config_error(
 
 
 def test_the_stage_store_lives_under_the_root_unless_told_otherwise(tmp_path: Path) -> None:
-    from search.tune.study import param_space
-    from trainables.trial import STAGE_STORE
-
     d = doc(storage={"root": str(tmp_path / "runs")})
     s = sweep_from_dict(d, cwd=tmp_path)
     assert s.stages == str(tmp_path / "runs" / "stages") and param_space(s)[STAGE_STORE] == s.stages
