@@ -54,13 +54,23 @@ def network(width: int, layers: int, device: torch.device, dtype: torch.dtype) -
     return nn.Sequential(*mods).eval().to(device, dtype)
 
 
-def sparsified(dense: nn.Sequential) -> nn.Sequential:
-    """A copy whose linear weights are semi-structured (needs a CUDA GPU of compute capability 8.0+)."""
+BACKENDS = ("cusparselt", "cutlass")  # the kernels behind a semi-structured F.linear
+
+
+def sparsified(dense: nn.Sequential, backend: str = "") -> nn.Sequential:
+    """A copy whose linear weights are semi-structured (needs a CUDA GPU of compute capability 8.0+). backend
+    '' converts as the exported ticket's loader does; 'cutlass' or 'cusparselt' force those kernels."""
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
     out = nn.Sequential(*[nn.Linear(m.in_features, m.out_features) if isinstance(m, nn.Linear) else m
                           for m in dense]).to(next(dense.parameters()).device, next(dense.parameters()).dtype)
     for new, old in zip(out, dense, strict=True):
         if isinstance(new, nn.Linear) and isinstance(old, nn.Linear):
-            new.weight = nn.Parameter(to_24(old.weight), requires_grad=False)
+            weight: torch.Tensor = to_24(old.weight)
+            if backend:
+                SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+                weight = to_sparse_semi_structured(old.weight.detach().contiguous())
+            new.weight = nn.Parameter(weight, requires_grad=False)
             new.bias = nn.Parameter(old.bias.detach().clone(), requires_grad=False)
     return out.eval()
 
@@ -85,10 +95,21 @@ def rows(width: int, layers: int, batches: list[int], reps: int, device: torch.d
         raise SystemExit(f"layers that do not qualify: {why_dense}")
     if reason is not None:
         return [], f"{len(plan)} layers of {width}x{width} qualify for 2:4; GPU-only rows skipped: {reason}"
-    try:
-        ours = sparsified(dense)
-    except RuntimeError as e:  # a torch build without the kernels for this GPU: say so, no traceback
-        return [], f"GPU-only rows skipped: 2:4 conversion failed ({str(e).strip().splitlines()[0][:200]})"
+    out: list[Row] = []
+    kinds = []
+    for backend in BACKENDS:
+        try:
+            found, kind = _variant(dense, backend, layers, width, batches, reps, device)
+            out += found
+            kinds.append(f"{backend}: {kind}")
+        except (RuntimeError, AttributeError, TypeError) as e:  # kernels missing in this build: one line, go on
+            kinds.append(f"{backend}: failed ({str(e).strip().splitlines()[0][:160]})")
+    return out, f"{'; '.join(kinds)} on {torch.cuda.get_device_name(device)}"
+
+
+def _variant(dense: nn.Sequential, backend: str, layers: int, width: int, batches: list[int], reps: int,
+             device: torch.device) -> tuple[list[Row], str]:
+    ours = sparsified(dense, backend)
     kind = type(ours[0].weight).__name__
     out: list[Row] = []
     for batch in batches:
@@ -102,10 +123,10 @@ def rows(width: int, layers: int, batches: list[int], reps: int, device: torch.d
         one()
         calls = max(1, round(BLOCK_S / max(time.perf_counter() - start, 1e-6)))
         a, b, ratio = paired(_block(ours, x, calls), _block(dense, x, calls), reps)
-        out.append(Row(f"S{batch}", f"2:4 inference: MLP {layers} x {width}x{width}, float16, batch {batch}",
-                       "2:4 semi-structured", "dense", a / calls, b / calls, ratio, "ratio", 0.0,
-                       note=f"{kind}; max |2:4 - dense| / max |dense| = {err:.1e}"))
-    return out, f"{kind} on {torch.cuda.get_device_name(device)}"
+        out.append(Row(f"S{batch}-{backend}", f"2:4 inference: MLP {layers} x {width}x{width}, float16, "
+                       f"batch {batch}, {backend}", "2:4 semi-structured", "dense", a / calls, b / calls,
+                       ratio, "ratio", 0.0, note=f"{kind}; max |2:4 - dense| / max |dense| = {err:.1e}"))
+    return out, kind
 
 
 def export_check(device: torch.device) -> str:
