@@ -39,8 +39,8 @@ PEAK_TFLOPS = 790.0  # dense bf16 matrix throughput of an H200, TFLOP/s (the bri
 OUT = Path(__file__).with_name("RESULTS_GPU.md")
 WHY_FEW = ("lenet300 on digits is a tiny step: 64 members batched reach 1.6% of the device's peak (T64), so the "
            "batched step is still bound by kernel launches and Python; the ratio grows with members (G256)")
-WHY_BF16 = ("autocast casts every member's weights and activations each step; at lenet300's sizes (784x300 per "
-            "member, digits' batches) the casts cost more than bf16's matrix speed saves (the step alone at batch "
+WHY_BF16 = ("autocast casts every member's weights and activations each step; at lenet300's sizes (300x64, 100x300 and "
+            "10x100 per member on digits) the casts cost more than bf16's matrix speed saves (the step alone at batch "
             "512: T64b below T64, T256b 1.6x T256): bf16 pays for wider members and larger batches")
 
 

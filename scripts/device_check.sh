@@ -1,6 +1,6 @@
 #!/bin/bash
 # The GPU check as one prepared run (an H200 machine with PyTorch but without Ray, MLflow or Optuna):
-#   wheels of Ray (its Java jars, RLlib, Serve and LLM left out: 44 MB) and jsonschema in .whl/, then
+#   wheels of Ray (its Java jars, RLlib, Serve and LLM left out: 44 MB), jsonschema and pydantic in .whl/, then
 #   1. the CUDA tests (tests/trainables/test_cuda.py and the semi-structured export test),
 #   2. benchmarks.gpu: population training together vs one by one (fp32 and bf16), matrix throughput,
 #      fractional packing through Ray Tune (gpu 0.25 vs 1),
