@@ -3,6 +3,8 @@
 9a. a 16-trial sweep varying only `prune.rate`, `prune.rewind_iter` and `prune.scorer`, one-shot (one pruning
     level after the dense one): every trial trains the same dense lenet300 on digits; with the store, one does;
 9b. the same 16 trials as IMP to density 0.2 (2 to 8 pruning levels after the dense one);
+9c. 9b's trials again, taken down to density 0.1, on the store 9b filled: level L is keyed by its prefix, so each
+    trial loads the levels 9b trained and trains only the new ones (a sweep refined or extended later);
 7r. benchmark 7 (ASHA + TPE against random search without stopping, epochs until a ticket within 0.5 points of
     the best) with the stage store on for ASHA + TPE. Benchmark 7 samples `train.lr` from a continuous range, so
     no two trials share a dense level there; here it comes from a grid of 6 values over the same range (a
@@ -36,6 +38,7 @@ from benchmarks.service import SEARCH_VAL_FRACTION, WITHIN, epochs_to_reach, swe
 from search.tune.runner import SweepOutcome
 
 TRIALS = 16  # 9a/9b: the issue's sweep
+DEEPER = 0.1  # 9c: the target 9b's trials are taken down to
 LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]  # 7r: benchmark 7's range [1e-3, 0.5], on a log grid
 REUSE_SEEDS = {True: 1, False: 3}  # 7r: seeds (quick, full); each is 3 whole sweeps
 
@@ -75,7 +78,7 @@ def spent(outcome: SweepOutcome, dense_epochs: int) -> tuple[float, int, float]:
             continue
         trained, represented = float(df["epochs_trained"].max()), float(df["epochs_total"].max())
         total += trained
-        trained_dense += not df["reused_stage"].max()
+        trained_dense += not df[df["level"] == 0]["reused_stage"].max()
         outside += trained - (represented - dense_epochs)  # the pruned levels train what they represent
     return total, trained_dense, outside
 
@@ -90,16 +93,33 @@ def pruning_rows(s: Sizes, quick: bool) -> list[Row]:
                 stages = str(Path(tmp) / "stages") if reuse else "off"
                 doc = pruning_sweep(Path(tmp), f"{number}{'r' if reuse else 'n'}", s, stages=stages, levels=levels)
                 got[reuse] = spent(timed_sweep(doc)[1], s.trial_epochs)
-        (with_r, dense_r, outside_r), (without, dense_n, outside_n) = got[True], got[False]
-        rows.append(Row(number, f"stage reuse: {TRIALS}-trial {label} sweep varying prune.rate, rewind_iter, scorer "
-                        "(epochs trained)", "stage store", "without", with_r, without, without / with_r, "speedup", 2.0,
-                        unit="epochs", why=why,
-                        note=f"{s.trial_epochs} epochs per level; the dense level trained by {dense_r} trial(s) with "
-                             f"the store, by {dense_n} without; dense levels and rewind prefixes: {outside_r:.1f} "
-                             f"epochs with the store, {outside_n:.1f} without; the pruned levels "
-                             f"{with_r - outside_r:.1f} and {without - outside_n:.1f} (reuse's bound: "
-                             f"{without / (without - outside_n + s.trial_epochs):.2f}x)"))
+            (with_r, dense_r, outside_r), (without, dense_n, outside_n) = got[True], got[False]
+            rows.append(Row(number, f"stage reuse: {TRIALS}-trial {label} sweep varying prune.rate, rewind_iter, "
+                            "scorer (epochs trained)", "stage store", "without", with_r, without, without / with_r,
+                            "speedup", 2.0, unit="epochs", why=why,
+                            note=f"{s.trial_epochs} epochs per level; the dense level trained by {dense_r} trial(s) "
+                                 f"with the store, by {dense_n} without; dense levels and rewind prefixes: "
+                                 f"{outside_r:.1f} epochs with the store, {outside_n:.1f} without; the pruned levels "
+                                 f"{with_r - outside_r:.1f} and {without - outside_n:.1f} (reuse's bound: "
+                                 f"{without / (without - outside_n + s.trial_epochs):.2f}x)"))
+            if levels is None:  # 9c: the same trials taken deeper, on the store 9b filled
+                rows.append(deeper_row(Path(tmp), s))
     return rows
+
+
+def deeper_row(tmp: Path, s: Sizes) -> Row:
+    """9c: 9b's 16 trials again with the target lowered to DEEPER, on the stage store 9b left (and without): each
+    trial loads every level 9b trained (level L is keyed by its prefix) and trains only the levels below 0.2."""
+    got = {}
+    for reuse in (True, False):
+        doc = pruning_sweep(tmp, f"9c{'r' if reuse else 'n'}", s, stages=str(tmp / "stages") if reuse else "off",
+                            levels=None)
+        doc["objective"]["target_density"] = DEEPER
+        got[reuse] = spent(timed_sweep(doc)[1], s.trial_epochs)[0]
+    return Row("9c", f"stage reuse: 9b's trials taken deeper (density {DEEPER}) on the store 9b filled (epochs "
+               "trained)", "stage store", "without", got[True], got[False], got[False] / got[True], "speedup", 2.0,
+               unit="epochs", note=f"{s.trial_epochs} epochs per level; with the store only the levels below "
+                                   "density 0.2 train: the ones above are loaded by their prefix's key")
 
 
 def search_doc(root: Path, name: str, s: Sizes, *, sampler: str, scheduler: str, seed: int, stages: str

@@ -1,16 +1,17 @@
-"""A ticket search that takes IMP's dense level from the stage store when another trial trained it.
+"""A ticket search that takes IMP's levels from the stage store when another trial trained them.
 
-`StagedLottery(ticket, store=StageStore(root))` runs exactly as `Lottery` does, except level 0: under the
-stage key of the dense level (trainables/io/stages.py) it loads the level's result, epoch rows and each
-replicate's trained weights, and the rewind snapshot under its own key, instead of training them. Trials
-that need one state at the same time train it once (the store's lease); a trial that finds the dense
-level stored but not the snapshot at its `prune.rewind_iter` trains the prefix 0..k alone.
+`StagedLottery(ticket, store=StageStore(root))` runs exactly as `Lottery` does, except that each level is first
+looked up in the store under its stage key (trainables/io/stages.py): level 0 under the dense key, level L >= 1
+under the key of its prefix. A stored level's result, epoch rows and each replicate's trained weights are
+loaded instead of trained (for level 0 also the rewind snapshot under its own key); a level not stored is
+trained and filed. Trials that need one level at the same time train it once (the store's lease); a trial that
+finds the dense level stored but not the snapshot at its `prune.rewind_iter` trains the prefix 0..k alone.
 
-Everything after level 0 is the same computation on the same inputs, so the ticket is identical to one
-searched without the store. The books stay honest: `state.epochs_total` counts the epochs the ticket
-represents (ASHA's time attribute: trials are compared at equal search progress), `state.epochs_trained`
-the epochs this trial trained, and `state.reused_stage` says the dense level was loaded. The loaded
-level's epoch rows are replayed to `on_epoch`, so trackers see the same curves.
+The next level's mask is computed from the loaded weights as from trained ones, so the ticket is identical to
+one searched without the store. The books stay honest: `state.epochs_total` counts the epochs the ticket
+represents (ASHA's time attribute: trials are compared at equal search progress), `state.epochs_trained` the
+epochs this trial trained, `state.reused_stage` says a level was loaded and each `LevelResult.reused_stage`
+which. A loaded level's epoch rows are replayed to `on_epoch`, so trackers see the same curves.
 """
 
 from __future__ import annotations
@@ -31,15 +32,22 @@ from trainables.training.members import TICKET, Member
 
 
 class StagedLottery(Lottery):
-    """`Lottery` whose dense level comes from `store` when it is stored (see the module docstring)."""
+    """`Lottery` whose levels come from `store` when they are stored (see the module docstring)."""
 
     def __init__(self, ticket: Ticket, *, store: StageStore, **kwargs: Any) -> None:
         super().__init__(ticket, **kwargs)
         self.store = store
         self.stage_key = stages.dense_key(ticket, self.device)  # None: this ticket's level 0 is not reused
 
+    def _key(self) -> str | None:
+        """This level's stage key (None: not reused)."""
+        if self.stage_key is None or self.state.level == 0:
+            return self.stage_key
+        return stages.level_key(self.stage_key, self.ticket, self.state.level)
+
     def _train_level(self) -> LevelResult:
-        if self.state.level != 0 or self.stage_key is None:
+        key = self._key()
+        if key is None:
             return super()._train_level()
         train, produced = super()._train_level, []
 
@@ -60,25 +68,28 @@ class StagedLottery(Lottery):
             produced.append(result)
             return self._dense(result, rows).entry()
 
-        entry, reused = self.store.obtain(self.stage_key, produce)
+        entry, reused = self.store.obtain(key, produce)
         if not reused:
             k = self.ticket.prune.rewind_iter
-            if k and not stages.rewind_in_stage(self.ticket):  # the snapshot this run captured on its way
+            if self.state.level == 0 and k and not stages.rewind_in_stage(self.ticket):  # captured on its way
+                assert self.stage_key is not None
                 self.store.save(stages.snapshot_key(self.stage_key, k), *stages.snapshot_entry(self.state.rewind))
             return produced[0]
         return self._load(stages.Dense.from_entry(entry))
 
     def _dense(self, result: LevelResult, rows: list[dict[str, Any]]) -> stages.Dense:
-        """The just-trained level 0 as a stage entry."""
+        """The level just trained as a stage entry (the rewind point and Early-Bird's observation: level 0 only)."""
         s = self.state
+        first = s.level == 0
         return stages.Dense(result, rows, [copy_weights(m.model.state_dict()) for m in self._trained],
                             [m.model.training for m in self._trained],
-                            s.rewind if stages.rewind_in_stage(self.ticket) else None, s.start_iter,
-                            {"key": stages.eb_key(self.ticket), "epoch": s.early_bird_epoch, "state": s.early_bird})
+                            s.rewind if first and stages.rewind_in_stage(self.ticket) else None, s.start_iter,
+                            {"key": stages.eb_key(self.ticket) if first else None, "epoch": s.early_bird_epoch,
+                             "state": s.early_bird})
 
     def _load(self, dense: stages.Dense) -> LevelResult:
-        """Level 0 from the store: the state as training it would have left it."""
-        s, p = self.state, self.ticket.prune
+        """A level from the store: the state as training it would have left it."""
+        s = self.state
         s.reused_stage = True
         if self.on_epoch is not None:
             for row in dense.rows:
@@ -89,18 +100,25 @@ class StagedLottery(Lottery):
             model.load_state_dict(weights)
             model.train(training)
             self._trained.append(Member(TICKET, r, model, s.masks[r]))
-        if dense.early_bird["key"] == stages.eb_key(self.ticket):
-            s.early_bird_epoch, s.early_bird = dense.early_bird["epoch"], dense.early_bird["state"]
-        if dense.rewind is not None:
-            s.rewind, s.start_iter = dense.rewind, dense.start_iter
-        elif p.rewind_iter:
-            assert self.stage_key is not None
-            entry, _ = self.store.obtain(stages.snapshot_key(self.stage_key, p.rewind_iter), self._prefix)
-            s.rewind, s.start_iter = stages.snapshot_from_entry(entry), p.rewind_iter
+        if s.level == 0:
+            self._rewind_point(dense)
         s.epochs_total += dense.result.epochs
         dense.result.masks = [{n: m.to(self.device) for n, m in mask.items()} for mask in dense.result.masks]
         dense.result.reused_stage = True
         return dense.result
+
+    def _rewind_point(self, dense: stages.Dense) -> None:
+        """After a loaded level 0: Early-Bird's observation (under this ticket's keys) and the rewind point, from
+        the level's entry or the snapshot's (trained now, alone, when nobody stored it)."""
+        s, k = self.state, self.ticket.prune.rewind_iter
+        if dense.early_bird["key"] == stages.eb_key(self.ticket):
+            s.early_bird_epoch, s.early_bird = dense.early_bird["epoch"], dense.early_bird["state"]
+        if dense.rewind is not None:
+            s.rewind, s.start_iter = dense.rewind, dense.start_iter
+        elif k:
+            assert self.stage_key is not None
+            entry, _ = self.store.obtain(stages.snapshot_key(self.stage_key, k), self._prefix)
+            s.rewind, s.start_iter = stages.snapshot_from_entry(entry), k
 
     def _prefix(self) -> Entry:
         """Train level 0's members from initialisation to k alone: the snapshot the full level passes."""

@@ -3,7 +3,7 @@
 Storage entries resolve to absolute paths and full URIs before Ray starts (trials run with their cwd in
 a Ray trial folder, and Ray wants an absolute storage path). Empty entries take the embedded defaults
 under `[storage] root`: MLflow `sqlite:///<root>/mlflow.db` with `<root>/artifacts`, the Optuna journal
-`<root>/optuna/<name>.journal`, Ray results in `<root>/ray` and the stage store of trained dense levels in
+`<root>/optuna/<name>.journal`, Ray results in `<root>/ray` and the stage store of trained levels in
 `<root>/stages` (`off` turns it off); the resolved sweep itself is recorded in
 `<root>/sweeps/<name>.json` (what `resume` reads). `dump_toml` writes a
 `Sweep.to_toml_dict()` document as TOML text, since the standard library reads TOML but cannot write it.

@@ -50,7 +50,7 @@ def margin_metric(control: str, name: str) -> str:
 CONTROL_SCORE = "val_score_{control}"  # ticket-run metric: each control's val_score, so margins need no query
 LATENCY = "latency_ms"  # ticket run: batch-1 CPU latency of the exported ticket (objective latency_pareto)
 MASK_INFORMATION = "mask_information"  # ticket run: 1 = the mask beats `shuffle` (95% interval above 0), else 0
-# trial run, per evaluation; epochs_trained < epochs_total where the dense level came from the stage store
+# trial run, per evaluation; epochs_trained < epochs_total where levels came from the stage store
 EPOCH_METRICS = ("val_acc", "val_loss", "val_score", "density", "epochs_total", "epochs_trained", "level")
 TRACKING_SECONDS = "tracking_s"  # trial-run metric: wall seconds the trial spent in tracking calls
 PARAM_OBJECTIVE = "objective"  # parent-run params the queries read back (search/results/query.py)

@@ -82,7 +82,7 @@ def param_space(sweep: Sweep) -> dict[str, Any]:
     trial, and the trial reads the merged dict (`trainables.trial.trial_ticket`)."""
     space = {k: list(v) if isinstance(v, tuple) else v for k, v in sweep.base.flat().items()}
     if sweep.stages != STAGES_OFF:
-        space[STAGE_STORE] = sweep.stages  # trials load a dense level another trial trained (trainables/staged.py)
+        space[STAGE_STORE] = sweep.stages  # trials load the levels another trial trained (trainables/staged.py)
     if objectives.get(sweep.objective).measures_latency:
         space[MEASURE_LATENCY] = True  # trials time each level's exported ticket (trainables/io/latency.py)
     return space

@@ -1,6 +1,7 @@
 """A real sweep over pruning keys trains its dense level once: the other trials load it from the stage store
 under the sweep's storage root, report it (`reused_stage`, `epochs_trained` below `epochs_total`) and MLflow's
-level-0 ticket runs say so; a second sweep on the same root trains no dense level at all."""
+level-0 ticket runs say so; a second sweep of the same trials on the same root trains nothing, and one going a
+level deeper trains only that level."""
 
 from __future__ import annotations
 
@@ -33,10 +34,13 @@ def doc(root: Path, name: str) -> dict[str, Any]:
 
 
 def reused(outcome: Any) -> list[tuple[int, float, float]]:
+    """Per trial: (its dense level loaded, epochs it trained, epochs its ticket represents)."""
     out = []
     for r in outcome.results:
         df = r.metrics_dataframe
-        out.append((int(df["reused_stage"].max()), float(df["epochs_trained"].max()), float(df["epochs_total"].max())))
+        dense = df[(df["level"] == 0) & (df["level_done"] == True)]  # noqa: E712 - a pandas mask
+        out.append((int(dense["reused_stage"].max()), float(df["epochs_trained"].max()),
+                    float(df["epochs_total"].max())))
     return out
 
 
@@ -58,6 +62,11 @@ def test_a_sweep_over_pruning_keys_trains_its_dense_level_once(tmp_path: Path) -
 
     again = reused(run_sweep(sweep_from_dict(doc(tmp_path, "again"))))  # a later sweep, the same store
     assert [r for r, _, _ in again] == [1, 1, 1, 1]
+    assert [trained for _, trained, _ in again] == [0, 0, 0, 0]  # the same trials: level 1 is stored too
+
+    deeper = sweep_from_dict(doc(tmp_path, "deeper"), ["prune.levels=2"])  # one level further down
+    for flag, trained, total in reused(run_sweep(deeper)):
+        assert flag == 1 and trained == pytest.approx(total - 2)  # levels 0 and 1 loaded, level 2 trained
 
     off = sweep_from_dict(doc(tmp_path, "off"), ["storage.stages=off", "budget.num_samples=2"])
     assert [r for r, _, _ in reused(run_sweep(off))] == [0, 0]  # the store holds their level: off, they train it

@@ -1,5 +1,6 @@
-"""Stage reuse: a trial whose dense level comes from the stage store finds exactly the ticket it would have
-found training it, trains fewer epochs, and says so; what may not be reused is not."""
+"""Stage reuse: a trial whose levels come from the stage store (the dense level, or level L by its prefix) finds
+exactly the ticket it would have found training them, trains fewer epochs, and says so; what may not be reused
+is not."""
 
 from __future__ import annotations
 
@@ -75,6 +76,36 @@ def test_a_reused_dense_level_gives_the_ticket_training_it_gives(tmp_path: Path,
     assert rows[0]["epochs_trained"] == 0 and want_rows[0]["epochs_trained"] == want_rows[0]["epochs_total"]
 
 
+@pytest.mark.parametrize("extra", [
+    pytest.param({"prune.rewind_iter": 7}, id="through"),
+    pytest.param({"prune.replicates": 2, "prune.scorer": "snip", "prune.controls": "reinit,invert"},
+                 id="replicates-snip-controls", marks=SLOW),
+    pytest.param({"prune.instability": True, "prune.instability_alphas": 3, "prune.rewind_iter": 7},
+                 id="instability", marks=SLOW),  # twins at every pruned level
+])
+def test_a_deeper_search_loads_the_levels_it_shares(tmp_path: Path, extra: dict[str, Any]) -> None:
+    """Level L is filed under its prefix: a search going deeper (more levels, a lower target) loads every level
+    the shallower one trained and finds the same ticket training all of them finds."""
+    store = StageStore(tmp_path)
+    run(StagedLottery(ticket(**{"prune.levels": 1, "prune.rate": 0.5, **extra}), store=store))
+    deeper = ticket(**{"prune.levels": 3, "prune.rate": 0.5, **extra})
+    reused = StagedLottery(deeper, store=store)
+    got, rows = run(reused)
+    plain = Lottery(deeper)
+    want, want_rows = run(plain)
+    assert_same(got, want)
+    assert [r.reused_stage for r in got] == [True, True, False, False]
+    assert reused.state.epochs_total == plain.state.epochs_total
+    assert reused.state.epochs_trained == pytest.approx(got[2].epochs + got[3].epochs)  # levels 2 and 3 only
+    assert [(r["level"], r["val_acc"]) for r in rows] == [(r["level"], r["val_acc"]) for r in want_rows]
+
+    # a target 3 levels reach at rate 0.5: every level stored, nothing trained
+    again = StagedLottery(ticket(**{"prune.levels": 3, "prune.target_density": 0.2, "prune.rate": 0.5, **extra}),
+                          store=store)
+    assert_same(run(again)[0], want)
+    assert again.state.epochs_trained == 0 and again.state.epochs_total == plain.state.epochs_total
+
+
 def test_a_missing_snapshot_trains_the_prefix_alone(tmp_path: Path) -> None:
     store = StageStore(tmp_path)
     run(StagedLottery(ticket(**{"prune.rewind_iter": 7}), store=store))
@@ -101,6 +132,22 @@ def test_keys_follow_what_changes_level_zero() -> None:
     eb = stages.dense_key(ticket(**{"prune.early_bird": True}), cpu)
     assert stages.dense_key(ticket(**{"prune.early_bird": True, "prune.rate": 0.5}), cpu) != eb
     assert stages.dense_key(ticket(**{"prune.method": "init", "prune.target_density": 0.1}), cpu) is None
+
+
+def test_a_level_is_keyed_by_its_prefix_not_by_where_the_search_stops() -> None:
+    cpu = torch.device("cpu")
+    t = ticket(**{"prune.rate": 0.4})
+    dense = stages.dense_key(t, cpu)
+    assert dense is not None
+    key = stages.level_key(dense, t, 2)
+    for same in ({"prune.levels": 5}, {"prune.target_density": 0.05}, {"data.root": "elsewhere"}):
+        t2 = t.replace(**same)
+        assert stages.dense_key(t2, cpu) == dense and stages.level_key(dense, t2, 2) == key, same
+    for other in ({"prune.rate": 0.5}, {"prune.scorer": "snip"}, {"prune.rewind_iter": 5}, {"prune.controls": "reinit"},
+                  {"prune.output_rate": 0.25}, {"prune.scope": "layer"}, {"prune.structure": "channel"}):
+        assert stages.level_key(dense, t.replace(**other), 2) != key, other
+    assert stages.level_key(dense, t, 1) != key
+    assert stages.level_key(stages.dense_key(t.replace(**{"train.lr": 0.01}), cpu) or "", t, 2) != key
 
 
 def test_a_checkpoint_keeps_the_books_of_a_reused_level(tmp_path: Path) -> None:

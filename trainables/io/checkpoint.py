@@ -46,7 +46,7 @@ class State:
     # epochs this trial trained itself: epochs_total less what it loaded from the stage store (trainables/staged.py),
     # plus the prefix it trained to reach a rewind point the store lacked
     epochs_trained: float = 0.0
-    reused_stage: bool = False  # its dense level came from the stage store
+    reused_stage: bool = False  # a level came from the stage store
     early_bird_epoch: int | None = None
     early_bird: dict[str, Any] | None = None  # EarlyBird.state_dict()
     invert: list[Mask] = field(default_factory=list)  # per replicate: the `invert` control's next mask

@@ -17,6 +17,11 @@ everything that determines level 0's trained weights, its result and its epoch r
   rate and pool, scope, structure and the `eb_*` keys;
 - the format of the entry, the torch version and the batching mode (TICKET_SEARCH_POPULATION).
 
+Level L >= 1 is keyed by its prefix, `level_key(dense_key, ticket, L)`: the dense key, L and every pruning key
+but `prune.levels` and `prune.target_density`, which decide only where IMP stops (level L's mask, rewind point,
+controls and twins follow from the levels before it and the other pruning keys). Two trials with the same keys
+up to different targets, or a later sweep going deeper, load the levels they share.
+
 Not reused (`dense_key` is None): `prune.method = "init"` (its prefix to k is short, and scored at once) and
 `prune.init_mask` (a transferred mask's file content, and the controls that then train at level 0).
 
@@ -93,6 +98,15 @@ def snapshot_key(key: str, k: int) -> str:
     return _digest({"stage": key, "rewind_iter": k})
 
 
+STOP_KEYS = frozenset({"prune.levels", "prune.target_density"})  # where IMP stops, not what a level computes
+
+
+def level_key(dense: str, ticket: Ticket, level: int) -> str:
+    """The key of IMP level `level` >= 1 of a ticket whose dense level is `dense` (see the module docstring)."""
+    prune = {k: v for k, v in ticket.flat().items() if k.startswith("prune.") and k not in STOP_KEYS}
+    return _digest({"stage": dense, "level": level, "prune": prune})
+
+
 def eb_key(ticket: Ticket) -> str:
     """What the Early-Bird observation of level 0 depends on besides the stage."""
     return _digest({k: getattr(ticket.prune, k) for k in EB_KEYS})
@@ -100,8 +114,9 @@ def eb_key(ticket: Ticket) -> str:
 
 @dataclasses.dataclass
 class Dense:
-    """IMP's level 0 as a trial needs it to go on: its result, its epoch rows (replayed to the reporter), each
-    replicate's trained weights (scored for level 1) and, where the stage holds it, the rewind point."""
+    """An IMP level as a trial needs it to go on: its result, its epoch rows (replayed to the reporter), each
+    replicate's trained weights (scored for the next level) and, for level 0 where the stage holds it, the rewind
+    point and the Early-Bird observation."""
 
     result: LevelResult
     rows: list[dict[str, Any]]
