@@ -6,10 +6,11 @@
 9c. 9b's trials again, taken down to density 0.1, on the store 9b filled: level L is keyed by its prefix, so each
     trial loads the levels 9b trained and trains only the new ones (a sweep refined or extended later);
 7r. benchmark 7 (ASHA + TPE against random search without stopping, epochs until a ticket within 0.5 points of
-    the best) with the stage store on for ASHA + TPE. Benchmark 7 samples `train.lr` from a continuous range, so
-    no two trials share a dense level there; here it comes from a grid of 6 values over the same range (a
-    common way to search it), so trials that drew one lr share one dense level. The same space runs
-    without the store too (7s), so the row shows what reuse adds.
+    the best) with the stage store on for ASHA + TPE. Benchmark 7 samples `train.lr` and `prune.rate` from
+    continuous ranges, so no two trials share a level there; here they come from grids over the same ranges (6
+    lrs, 5 rates: a common way to search them), so trials that drew one lr share their dense level and those
+    that drew the same pair share every level. The same space runs without the store too (7s), so the row
+    shows what reuse adds.
 
 Each sweep is a real one (`search.tune.runner.run_sweep`: local Ray, Optuna, MLflow sqlite) under a temporary
 folder, each with a stage store of its own (no sweep profits from another's). Epochs trained are the trials'
@@ -40,6 +41,7 @@ from search.tune.runner import SweepOutcome
 TRIALS = 16  # 9a/9b: the issue's sweep
 DEEPER = 0.1  # 9c: the target 9b's trials are taken down to
 LR_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]  # 7r: benchmark 7's range [1e-3, 0.5], on a log grid
+RATE_GRID = [0.2, 0.3, 0.4, 0.5, 0.6]  # 7r: benchmark 7's range of prune.rate, on a grid
 REUSE_SEEDS = {True: 1, False: 3}  # 7r: seeds (quick, full); each is 3 whole sweeps
 
 WHY_ONE_SHOT = ("a one-shot trial trains the dense level and one pruned level, so the dense level is at most half of "
@@ -127,6 +129,7 @@ def search_doc(root: Path, name: str, s: Sizes, *, sampler: str, scheduler: str,
     doc = sweep_doc(root, name, s, sampler=sampler, scheduler=scheduler, seed=seed,
                     val_fraction=SEARCH_VAL_FRACTION, stages=stages)
     doc["space"]["train.lr"] = {"type": "categorical", "choices": LR_GRID}
+    doc["space"]["prune.rate"] = {"type": "categorical", "choices": RATE_GRID}
     doc["budget"]["num_samples"] = s.search_trials
     return doc
 
@@ -154,12 +157,13 @@ def search_rows(s: Sizes, quick: bool, seeds: int = 0) -> list[Row]:
     random = statistics.median(spent_by["random"])
     ratios = {a: statistics.median(r / o for r, o in zip(spent_by["random"], spent_by[a], strict=True))
               for a in ("asha+reuse", "asha")}
-    note = (f"{s.search_trials} trials per sweep, {seeds} seed(s), train.lr from {LR_GRID}, val_fraction "
+    note = (f"{s.search_trials} trials per sweep, {seeds} seed(s), train.lr from {LR_GRID}, prune.rate from "
+            f"{RATE_GRID}, val_fraction "
             f"{SEARCH_VAL_FRACTION}; epochs trained summed over trials in creation order up to the first that reached "
             "the mark; per seed (ASHA+TPE with reuse / without / random): " +
             ", ".join(f"{a:.0f}/{b:.0f}/{c:.0f}" for a, b, c in zip(*(spent_by[k] for k in arms), strict=True)) +
             (f"; {missed} sweep(s) never reached it (counted at their total)" if missed else ""))
-    name = "search efficiency: epochs to a ticket within 0.5 points of the best, lr on a grid"
+    name = "search efficiency: epochs to a ticket within 0.5 points of the best, lr and rate on grids"
     ours = statistics.median(spent_by["asha+reuse"])
     return [Row("7r", name, "ASHA+TPE with stage reuse", "random, no stopping", ours, random,
                 ratios["asha+reuse"], "speedup", 3.0, unit="epochs", note=note, why=WHY_SEARCH),
