@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import FULL, QUICK, Row, Sizes, command_line, machine, markdown, table
-from benchmarks.service import SEARCH_VAL_FRACTION, WITHIN, epochs_to_reach, sweep_doc, timed_sweep, trial_outcomes
+from benchmarks.service import SEARCH_VAL_FRACTION, WITHIN, sweep_doc, timed_sweep, trial_outcomes
 from search.tune.runner import SweepOutcome
 
 TRIALS = 16  # 9a/9b: the issue's sweep
@@ -134,6 +135,20 @@ def search_doc(root: Path, name: str, s: Sizes, *, sampler: str, scheduler: str,
     return doc
 
 
+def epochs_until(outcome: SweepOutcome, mark: float) -> tuple[float, bool]:
+    """(epochs all trials had trained when the first ticket at or above `mark` was reported, whether one was):
+    by the clock, not by trial creation order, so a trial that loaded levels another one trained is not
+    counted before that one (with the store, a later trial can pay for an earlier one's levels)."""
+    frames = [r.metrics_dataframe for r in outcome.results
+              if r.metrics_dataframe is not None and not r.metrics_dataframe.empty]
+    hits = [float(df[(df["final"] == True) & (df["val_score"] >= mark)]["timestamp"].min())  # noqa: E712
+            for df in frames]
+    hits = [h for h in hits if math.isfinite(h)]
+    until = min(hits) if hits else math.inf
+    spent = [df[df["timestamp"] <= until]["epochs_trained"].max() for df in frames]
+    return float(sum(x for x in spent if math.isfinite(x))), bool(hits)
+
+
 def search_rows(s: Sizes, quick: bool, seeds: int = 0) -> list[Row]:
     """7r/7s: epochs until a ticket within 0.5 points of the best any of the three sweeps found."""
     logging.getLogger("ray").setLevel(logging.WARNING)
@@ -143,24 +158,24 @@ def search_rows(s: Sizes, quick: bool, seeds: int = 0) -> list[Row]:
     seeds = seeds or REUSE_SEEDS[quick]
     with tempfile.TemporaryDirectory(prefix="bench-reuse-search-") as tmp:
         for seed in range(seeds):
-            trials = {}
+            outcomes = {}
             for arm, (sampler, scheduler, reuse) in arms.items():
                 stages = str(Path(tmp) / f"stages-{seed}") if reuse else "off"
                 doc = search_doc(Path(tmp), f"{arm.replace('+', '-')}{seed}", s, sampler=sampler, scheduler=scheduler,
                                  seed=seed, stages=stages)
-                trials[arm] = trial_outcomes(timed_sweep(doc)[1], "epochs_trained")
-            best = max(score for ts in trials.values() for _, score in ts)
-            for arm, ts in trials.items():
-                epochs, reached = epochs_to_reach(ts, best - WITHIN)
+                outcomes[arm] = timed_sweep(doc)[1]
+            best = max(score for o in outcomes.values() for _, score in trial_outcomes(o, "epochs_trained"))
+            for arm, o in outcomes.items():
+                epochs, reached = epochs_until(o, best - WITHIN)
                 spent_by[arm].append(epochs)
                 missed += not reached
+            print(f"7r seed {seed}: " + ", ".join(f"{a} {v[-1]:.0f}" for a, v in spent_by.items()), flush=True)
     random = statistics.median(spent_by["random"])
-    ratios = {a: statistics.median(r / o for r, o in zip(spent_by["random"], spent_by[a], strict=True))
+    ratios = {a: statistics.median(r / max(o, 1e-9) for r, o in zip(spent_by["random"], spent_by[a], strict=True))
               for a in ("asha+reuse", "asha")}
     note = (f"{s.search_trials} trials per sweep, {seeds} seed(s), train.lr from {LR_GRID}, prune.rate from "
-            f"{RATE_GRID}, val_fraction "
-            f"{SEARCH_VAL_FRACTION}; epochs trained summed over trials in creation order up to the first that reached "
-            "the mark; per seed (ASHA+TPE with reuse / without / random): " +
+            f"{RATE_GRID}, val_fraction {SEARCH_VAL_FRACTION}; epochs trained by all trials until the first ticket "
+            "at the mark was reported (by the clock); per seed (ASHA+TPE with reuse / without / random): " +
             ", ".join(f"{a:.0f}/{b:.0f}/{c:.0f}" for a, b, c in zip(*(spent_by[k] for k in arms), strict=True)) +
             (f"; {missed} sweep(s) never reached it (counted at their total)" if missed else ""))
     name = "search efficiency: epochs to a ticket within 0.5 points of the best, lr and rate on grids"
@@ -189,13 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown part {', '.join(unknown)}; valid: {', '.join(parts)}")
     torch.set_num_threads(1)  # as benchmarks.run: the driver's share of the 2 cores; trials get 1 thread each
-    rows = [r for w in wanted for r in parts[w](sizes, args.quick)]
+    rows = []
+    for w in wanted:  # each part's rows as it ends: a later part failing loses none of them
+        done = parts[w](sizes, args.quick)
+        rows += done
+        for r in done:
+            print(f"{r.number}: {r.ours} {r.ours_value:.1f} epochs, {r.theirs} {r.theirs_value:.1f} epochs, "
+                  f"ratio {r.ratio:.2f}x; {r.note}", file=sys.stdout, flush=True)
     from rich.console import Console
 
     Console(width=150).print(table(rows))
-    for r in rows:
-        print(f"{r.number}: {r.ours} {r.ours_value:.1f} epochs, {r.theirs} {r.theirs_value:.1f} epochs, "
-              f"ratio {r.ratio:.2f}x; {r.note}", file=sys.stdout)
     if args.out:
         command = command_line("benchmarks.reuse", argv)
         Path(args.out).write_text(markdown(rows, machine(), command, args.quick))
