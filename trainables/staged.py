@@ -66,7 +66,7 @@ class StagedLottery(Lottery):
             finally:
                 self.on_epoch = listener
             produced.append(result)
-            return self._dense(result, rows).entry()
+            return self._entry(result, rows).entry()
 
         entry, reused = self.store.obtain(key, produce)
         if not reused:
@@ -75,46 +75,46 @@ class StagedLottery(Lottery):
                 assert self.stage_key is not None
                 self.store.save(stages.snapshot_key(self.stage_key, k), *stages.snapshot_entry(self.state.rewind))
             return produced[0]
-        return self._load(stages.Dense.from_entry(entry))
+        return self._load(stages.Level.from_entry(entry))
 
-    def _dense(self, result: LevelResult, rows: list[dict[str, Any]]) -> stages.Dense:
+    def _entry(self, result: LevelResult, rows: list[dict[str, Any]]) -> stages.Level:
         """The level just trained as a stage entry (the rewind point and Early-Bird's observation: level 0 only)."""
         s = self.state
         first = s.level == 0
-        return stages.Dense(result, rows, [copy_weights(m.model.state_dict()) for m in self._trained],
+        return stages.Level(result, rows, [copy_weights(m.model.state_dict()) for m in self._trained],
                             [m.model.training for m in self._trained],
                             s.rewind if first and stages.rewind_in_stage(self.ticket) else None, s.start_iter,
                             {"key": stages.eb_key(self.ticket) if first else None, "epoch": s.early_bird_epoch,
                              "state": s.early_bird})
 
-    def _load(self, dense: stages.Dense) -> LevelResult:
+    def _load(self, stored: stages.Level) -> LevelResult:
         """A level from the store: the state as training it would have left it."""
         s = self.state
         s.reused_stage = True
         if self.on_epoch is not None:
-            for row in dense.rows:
+            for row in stored.rows:
                 self.on_epoch({**row, "epochs_trained": s.epochs_trained})
         self._trained = []
-        for r, (weights, training) in enumerate(zip(dense.trained, dense.training, strict=True)):
+        for r, (weights, training) in enumerate(zip(stored.trained, stored.training, strict=True)):
             model = self.new_model(self.init_seed(r))
             model.load_state_dict(weights)
             model.train(training)
             self._trained.append(Member(TICKET, r, model, s.masks[r]))
         if s.level == 0:
-            self._rewind_point(dense)
-        s.epochs_total += dense.result.epochs
-        dense.result.masks = [{n: m.to(self.device) for n, m in mask.items()} for mask in dense.result.masks]
-        dense.result.reused_stage = True
-        return dense.result
+            self._rewind_point(stored)
+        s.epochs_total += stored.result.epochs
+        stored.result.masks = [{n: m.to(self.device) for n, m in mask.items()} for mask in stored.result.masks]
+        stored.result.reused_stage = True
+        return stored.result
 
-    def _rewind_point(self, dense: stages.Dense) -> None:
+    def _rewind_point(self, stored: stages.Level) -> None:
         """After a loaded level 0: Early-Bird's observation (under this ticket's keys) and the rewind point, from
         the level's entry or the snapshot's (trained now, alone, when nobody stored it)."""
         s, k = self.state, self.ticket.prune.rewind_iter
-        if dense.early_bird["key"] == stages.eb_key(self.ticket):
-            s.early_bird_epoch, s.early_bird = dense.early_bird["epoch"], dense.early_bird["state"]
-        if dense.rewind is not None:
-            s.rewind, s.start_iter = dense.rewind, dense.start_iter
+        if stored.early_bird["key"] == stages.eb_key(self.ticket):
+            s.early_bird_epoch, s.early_bird = stored.early_bird["epoch"], stored.early_bird["state"]
+        if stored.rewind is not None:
+            s.rewind, s.start_iter = stored.rewind, stored.start_iter
         elif k:
             assert self.stage_key is not None
             entry, _ = self.store.obtain(stages.snapshot_key(self.stage_key, k), self._prefix)

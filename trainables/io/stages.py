@@ -113,7 +113,7 @@ def eb_key(ticket: Ticket) -> str:
 
 
 @dataclasses.dataclass
-class Dense:
+class Level:
     """An IMP level as a trial needs it to go on: its result, its epoch rows (replayed to the reporter), each
     replicate's trained weights (scored for the next level) and, for level 0 where the stage holds it, the rewind
     point and the Early-Bird observation."""
@@ -136,7 +136,7 @@ class Dense:
         return doc, tensors
 
     @classmethod
-    def from_entry(cls, entry: Entry) -> Dense:
+    def from_entry(cls, entry: Entry) -> Level:
         doc, tensors = entry
         parts = join_tensors(doc["tensors"], tensors)
         result = LevelResult.from_json(doc["result"])
