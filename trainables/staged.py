@@ -94,6 +94,9 @@ class StagedLottery(Lottery):
         if self.on_epoch is not None:
             for row in stored.rows:
                 self.on_epoch({**row, "epochs_trained": s.epochs_trained})
+        stored.result.masks = [{n: m.to(self.device) for n, m in mask.items()} for mask in stored.result.masks]
+        if s.level > 0:  # the masks the loaded weights trained under (equal to ours, unless another machine's
+            s.masks = [dict(mask) for mask in stored.result.masks]  # kernels broke a tie in scoring differently)
         self._trained = []
         for r, (weights, training) in enumerate(zip(stored.trained, stored.training, strict=True)):
             model = self.new_model(self.init_seed(r))
@@ -103,7 +106,6 @@ class StagedLottery(Lottery):
         if s.level == 0:
             self._rewind_point(stored)
         s.epochs_total += stored.result.epochs
-        stored.result.masks = [{n: m.to(self.device) for n, m in mask.items()} for mask in stored.result.masks]
         stored.result.reused_stage = True
         return stored.result
 

@@ -134,6 +134,31 @@ def test_keys_follow_what_changes_level_zero() -> None:
     assert stages.dense_key(ticket(**{"prune.method": "init", "prune.target_density": 0.1}), cpu) is None
 
 
+def test_a_loaded_level_brings_the_masks_its_weights_trained_under(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another machine's kernels can break a scoring tie the other way: the level loaded is the producer's whole,
+    its masks too, so the weights and the mask the next level prunes from belong together."""
+    store = StageStore(tmp_path)
+    first = StagedLottery(ticket(**{"prune.levels": 1, "prune.rate": 0.5}), store=store)
+    want = run(first)[0][1].masks[0]
+    import trainables.lottery as lottery
+
+    real = lottery.level_mask
+
+    def other_tie(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # one kept weight swapped for a pruned one
+        mask = {n: m.clone() for n, m in real(*args, **kwargs).items()}
+        flat = mask["fc1.weight"].view(-1)
+        kept, pruned = int(flat.nonzero()[0]), int((~flat.bool()).nonzero()[0])
+        flat[kept], flat[pruned] = flat[pruned].clone(), flat[kept].clone()
+        return mask
+
+    monkeypatch.setattr(lottery, "level_mask", other_tie)
+    lot = StagedLottery(ticket(**{"prune.levels": 1, "prune.rate": 0.5}), store=store)
+    got = run(lot)[0]
+    assert got[1].reused_stage
+    assert all(torch.equal(lot.state.masks[0][n], want[n]) for n in want)  # not the one this machine drew
+
+
 def test_a_level_is_keyed_by_its_prefix_not_by_where_the_search_stops() -> None:
     cpu = torch.device("cpu")
     t = ticket(**{"prune.rate": 0.4})
