@@ -23,6 +23,7 @@ from search.tune.study import optuna_storage
 from tests.helpers.servers import MlflowServer, postgres_database
 from tests.helpers.sweepcheck import audit, ray_trials
 from tests.search.test_sweep import study, sweep_doc, ticket_runs
+from trainables.io.stagestore import DELAY_ENV as STAGE_DELAY
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
@@ -50,7 +51,9 @@ def test_interrupted_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     doc = sweep_doc(tmp_path, "resumable", budget={"num_samples": 6, "max_concurrent": 2},
                     scheduler={"name": "none"}, base={"train.epochs": 3})
     path = write_sweep(tmp_path / "resumable.toml", doc)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # every level waits 1 s before it trains (the stage store's test delay): on a fast machine the ~10 s sweep
+    # could end before the interrupt below lands (CI saw it finish with all 18 ticket runs logged)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", STAGE_DELAY: "1"}
     cmd = [sys.executable, "-m", "search", "sweep", str(path)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
