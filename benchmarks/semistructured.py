@@ -6,8 +6,9 @@
 An MLP of `--layers` linear layers `--width` x `--width` (default 4 of 4096 x 4096, ReLU between: matrices the
 size of a language model's, where 2:4 kernels pay; lenet300's 300-wide layers miss the shape constraints),
 every layer pruned 2:4 by magnitude (trainables/pruning/structure.py). Ours: each weight as a
-SparseSemiStructuredTensor, converted as an exported 2:4 ticket's loader does (trainables/io/semistructured_loader.py:
-cuSPARSELt where torch has it, else CUTLASS); theirs: the same masked weights dense. Both float16, batches 1,
+SparseSemiStructuredTensor, once through each of PyTorch's backends (cuSPARSELt, then CUTLASS; the exported
+ticket's loader, trainables/io/semistructured_loader.py, takes cuSPARSELt where torch has it); a backend this GPU
+or build refuses costs its rows only, with its reason. Theirs: the same masked weights dense. Both float16, batches 1,
 64, 1024 and 8192, in the same process: blocks of forward passes (about 20 ms of the dense side each, CUDA
 synchronised at the end of a block), the sides alternating, the median of per-block ratios. Each row's note
 gives max |ours - theirs| relative to max |theirs| (float16 rounding of different summation orders). First, a
@@ -34,7 +35,6 @@ from torch import nn
 from benchmarks.common import Row, command_line, machine, markdown, paired, table
 from trainables.io import semistructured as semi
 from trainables.io import semistructured_loader as loader
-from trainables.io.semistructured_loader import to_24
 from trainables.pruning.structure import nm_candidates
 
 OUT = Path(__file__).with_name("RESULTS_SEMISTRUCTURED.md")
@@ -57,19 +57,17 @@ def network(width: int, layers: int, device: torch.device, dtype: torch.dtype) -
 BACKENDS = ("cusparselt", "cutlass")  # the kernels behind a semi-structured F.linear
 
 
-def sparsified(dense: nn.Sequential, backend: str = "") -> nn.Sequential:
-    """A copy whose linear weights are semi-structured (needs a CUDA GPU of compute capability 8.0+). backend
-    '' converts as the exported ticket's loader does; 'cutlass' or 'cusparselt' force those kernels."""
+def sparsified(dense: nn.Sequential, backend: str) -> nn.Sequential:
+    """A copy whose linear weights are semi-structured on `backend`'s kernels, 'cusparselt' or 'cutlass' (needs a
+    CUDA GPU of compute capability 8.0+)."""
     from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
     out = nn.Sequential(*[nn.Linear(m.in_features, m.out_features) if isinstance(m, nn.Linear) else m
                           for m in dense]).to(next(dense.parameters()).device, next(dense.parameters()).dtype)
     for new, old in zip(out, dense, strict=True):
         if isinstance(new, nn.Linear) and isinstance(old, nn.Linear):
-            weight: torch.Tensor = to_24(old.weight)
-            if backend:
-                SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
-                weight = to_sparse_semi_structured(old.weight.detach().contiguous())
+            SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+            weight = to_sparse_semi_structured(old.weight.detach().contiguous())
             new.weight = nn.Parameter(weight, requires_grad=False)
             new.bias = nn.Parameter(old.bias.detach().clone(), requires_grad=False)
     return out.eval()

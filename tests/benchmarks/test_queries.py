@@ -6,7 +6,6 @@ queries section."""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +39,40 @@ def test_the_walked_front_is_the_whole_front_from_a_fraction_of_the_runs(uri: st
     assert len(read) < len(every) / 4, len(read)
 
 
-class Slowed:
-    """A client whose searches in one order (one walk of the front) wait first: the two walks interleave
-    differently, and each in turn finishes first."""
+class Held:
+    """A client that holds one walk of the front (by its order) after its first search until the other walk has
+    ended the search: the two walks finish in a forced order, each in turn first."""
 
-    def __init__(self, client: Any, slow: str, seconds: float) -> None:
-        self.client, self.slow, self.seconds = client, slow, seconds
+    def __init__(self, client: Any, held: str, meets: list[Any]) -> None:
+        self.client, self.held, self.meets = client, held, meets
         self.calls: list[tuple[str, str, str | None, str | None]] = []  # (walk, filter, token in, token out)
 
     def search_runs(self, ids: list[str], text: str, *, order_by: list[str], page_token: str | None = None,
                     **kwargs: Any) -> Any:
-        if self.slow and order_by[0].startswith(self.slow):
-            time.sleep(self.seconds)
+        if self.held and order_by[0].startswith(self.held) and any(c[0] == order_by[0] for c in self.calls):
+            assert self.meets[0].done.wait(timeout=60), "the other walk never ended the search"
         page = self.client.search_runs(ids, text, order_by=order_by, page_token=page_token, **kwargs)
         self.calls.append((order_by[0], text, page_token, page.token))
         return page
 
 
 @pytest.mark.parametrize("page", [3, 20])
-@pytest.mark.parametrize(("ends", "slow"), [(1, ""), (2, ""), (2, "metrics.val_score"), (2, "metrics.sparsity")])
+@pytest.mark.parametrize(("ends", "held"), [(1, ""), (2, ""), (2, "metrics.val_score"), (2, "metrics.sparsity")])
 def test_a_front_walked_from_one_or_both_ends_holds_the_whole_front(uri: str, monkeypatch: pytest.MonkeyPatch,
-                                                                   page: int, ends: int, slow: str) -> None:
+                                                                   page: int, ends: int, held: str) -> None:
     monkeypatch.setattr(fetch, "FRONT_PAGE", page)
     every = sweep_tickets(uri, "front")
     truth = {r.run_id for r in pareto_front(every)}
+    meets: list[Any] = []
+    real = fetch._Meet
+
+    def meet() -> Any:
+        meets.append(real())
+        return meets[-1]
+
+    monkeypatch.setattr(fetch, "_Meet", meet)
     client = client_for(uri)
-    watched = Slowed(client, slow, 0.2)
+    watched = Held(client, held, meets)
     read = fetch.front_candidates(watched, [experiment_id(client, "front")], ticket_filter(),  # type: ignore[arg-type]
                                   ends=ends)
     ids = [r.info.run_id for r in read]
@@ -75,8 +82,8 @@ def test_a_front_walked_from_one_or_both_ends_holds_the_whole_front(uri: str, mo
     for walk in {c[0] for c in watched.calls}:  # a page token goes on the query that issued it, unchanged
         mine = [c for c in watched.calls if c[0] == walk]
         assert all(b[1] == a[1] and b[2] == a[3] for a, b in zip(mine, mine[1:], strict=False) if b[2]), mine
-    if slow:  # the other walk meets it and ends the search: the slow one stops after the query it was in
-        assert sum(walk == slow for walk, *_ in watched.calls) <= 2, watched.calls
+    if held:  # the other walk meets it and ends the search: the held one stops after the query it was in
+        assert sum(walk == held for walk, *_ in watched.calls) <= 2, watched.calls
 
 
 def test_best_and_its_control_margins_match_brute_force(uri: str) -> None:
