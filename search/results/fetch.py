@@ -36,7 +36,7 @@ def _point(run: Run) -> tuple[float, float]:
     return m.get("val_score", math.nan), m.get("sparsity", math.nan)
 
 
-class _Meet:
+class Meet:
     """Where two walks of one front stand: the walk by val_score has passed every run sparser than `sparsity`
     left unread, the walk by sparsity every run scoring above `score`; both read only what lies between."""
 
@@ -56,7 +56,7 @@ def front_candidates(client: MlflowClient, exp_ids: list[str], filter_string: st
     from its sparsest end (by sparsity). After each candidate a walk's next query asks only for what is left
     between the two walks' candidates, so the dominated bulk of the store is never read, and the walks meet
     in the middle: against a server with several workers, in about half the time of one walk."""
-    meet = _Meet()
+    meet = Meet()
     walks = [(True, "metrics.val_score", "metrics.sparsity"), (False, "metrics.sparsity", "metrics.val_score")]
     if ends == 1:
         return _walk(client, exp_ids, filter_string, meet, *walks[0])
@@ -67,7 +67,7 @@ def front_candidates(client: MlflowClient, exp_ids: list[str], filter_string: st
     return sorted(unique.values(), key=lambda r: tuple(-x for x in _point(r)))
 
 
-def _walk(client: MlflowClient, exp_ids: list[str], filter_string: str, meet: _Meet, by_score: bool, first: str,
+def _walk(client: MlflowClient, exp_ids: list[str], filter_string: str, meet: Meet, by_score: bool, first: str,
           second: str) -> list[Run]:
     """One walk of `front_candidates`: runs by `first` then `second` (descending), candidates where `second`
     beats every run before them."""

@@ -64,13 +64,13 @@ def test_a_front_walked_from_one_or_both_ends_holds_the_whole_front(uri: str, mo
     every = sweep_tickets(uri, "front")
     truth = {r.run_id for r in pareto_front(every)}
     meets: list[Any] = []
-    real = fetch._Meet
+    real = fetch.Meet
 
     def meet() -> Any:
         meets.append(real())
         return meets[-1]
 
-    monkeypatch.setattr(fetch, "_Meet", meet)
+    monkeypatch.setattr(fetch, "Meet", meet)
     client = client_for(uri)
     watched = Held(client, held, meets)
     read = fetch.front_candidates(watched, [experiment_id(client, "front")], ticket_filter(),  # type: ignore[arg-type]
