@@ -18,6 +18,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ from tests.helpers.sweepcheck import (
     trial_run,
 )
 from tests.search.test_sweep import sweep_doc
-from trainables.io import checkpoint, maskio
+from trainables.io import checkpoint, maskio, stages
+from trainables.io.stagestore import StageStore
 from trainables.lottery import State
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,16 +125,30 @@ class Disk:
             self.path.rename(self.path.with_name("scratch.away"))
             self.path.write_text("not a folder")
             return
-        with contextlib.suppress(OSError), open(self.path / "filler", "wb") as f:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        full = threading.Event()
+        self.stop = threading.Event()
+        self.filler = threading.Thread(target=self._keep_full, args=(full,), daemon=True)
+        self.filler.start()
+        full.wait()
+
+    def _keep_full(self, full: threading.Event) -> None:
+        """Fill the disk and keep it full: files staged before the fill and deleted after it (level 0's
+        checkpoint and mask folders) must not leave room for the next level's checkpoint."""
+        with open(self.path / "filler", "wb", buffering=0) as f:
+            while not self.stop.is_set():
+                try:
+                    f.write(b"\0" * 4096)
+                except OSError:
+                    full.set()
+                    self.stop.wait(0.001)
 
     def free(self) -> None:
         if not self.tmpfs:
             self.path.unlink()
             self.path.with_name("scratch.away").rename(self.path)
             return
+        self.stop.set()
+        self.filler.join()
         (self.path / "filler").unlink()
 
     def remove(self) -> None:
@@ -149,17 +165,25 @@ def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Disk]:
 
 
 class FillAfterLevel0(tune.Callback):
-    """Fills the disk when level 0 is in; frees it when Ray restarts the failed trial; records the error."""
+    """Fills the disk when level 0 is in; frees it when Ray restarts the failed trial; records the error.
+    Until the disk is full the trial waits at level 1: `gate` holds level 1's lease in the stage store, as a
+    trial training it would, and is let go once the disk is full (a trial runs ahead of the driver's
+    callbacks: unheld, a fast machine writes every level before the disk fills)."""
 
-    def __init__(self, disk: Disk) -> None:
+    def __init__(self, disk: Disk, gate: contextlib.ExitStack) -> None:
         self.disk = disk
+        self.gate = gate
         self.errors: list[str] = []
         self.after_restart: list[int] = []  # levels reported after the restart
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray saves callbacks with the experiment: the disk's filler
+        return {k: v for k, v in self.__dict__.items() if k not in ("disk", "gate")}  # and the lease stay here
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                         **info: Any) -> None:
         if result.get("level_done") and result["level"] == 0 and not self.disk.broken:
             self.disk.fill()
+            self.gate.close()
         elif self.errors:
             self.after_restart.append(int(result["level"]))
 
@@ -171,10 +195,13 @@ class FillAfterLevel0(tune.Callback):
 @pytest.mark.slow
 def test_full_disk_fails_the_trial_clearly_and_it_restarts_from_its_level(tmp_path: Path, disk: Disk) -> None:
     doc = sweep_doc(tmp_path, "diskfull", budget={"num_samples": 1, "max_concurrent": 1},
-                    scheduler={"name": "none"}, base={"train.epochs": 30, "prune.rate": 0.5})
-    sweep = sweep_from_dict(doc)
-    watch = FillAfterLevel0(disk)
-    outcome = run_sweep(sweep, callbacks=[watch])
+                    scheduler={"name": "none"}, base={"train.epochs": 30})
+    sweep = sweep_from_dict(doc, ["prune.rate=0.5", "train.lr=0.05"])  # no space: the trial's ticket is the base
+    level1 = stages.level_key(stages.dense_key(sweep.base, torch.device("cpu")), sweep.base, 1)
+    with contextlib.ExitStack() as gate:
+        assert gate.enter_context(StageStore(sweep.stages, owner="test").lease(level1))
+        watch = FillAfterLevel0(disk, gate)
+        outcome = run_sweep(sweep, callbacks=[watch])
     assert outcome.errored == 0 and len(watch.errors) == 1, watch.errors  # failed once, then finished
     assert f"[Errno {disk.errno}]" in watch.errors[0], watch.errors[0]  # the OS error, named
     assert str(disk.path) in watch.errors[0]  # and where

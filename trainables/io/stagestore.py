@@ -100,7 +100,7 @@ class StageStore:
             found = self.load(key)
             if found is not None:
                 return found, True
-            with self._lease(key) as held:
+            with self.lease(key) as held:
                 if not held:
                     continue  # the holder finished or was declared dead: look again
                 found = self.load(key)  # produced between our look and our lease
@@ -114,8 +114,9 @@ class StageStore:
                 return entry, False
 
     @contextlib.contextmanager
-    def _lease(self, key: str) -> Iterator[bool]:
-        """Yield True holding the lease of `key`, or False after waiting out another holder."""
+    def lease(self, key: str) -> Iterator[bool]:
+        """Yield True holding the lease of `key`, or False after waiting out another holder. While it is held,
+        a trial needing `key` waits (tests hold one to stop a trial at a level until they are ready)."""
         lease = self.folder(key).parent / f"{key}{paths.STAGE_LEASE_SUFFIX}"
         lease.parent.mkdir(parents=True, exist_ok=True)
         token = f"{socket.gethostname()} {os.getpid()} {self.owner} {uuid.uuid4().hex}"
