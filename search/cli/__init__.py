@@ -1,8 +1,9 @@
 """The `ticket-search` command line: parse, dispatch to one verb module, turn user mistakes into exit 2.
 
-Each verb family is one module here (run.py: `run`; sweep.py: `sweep`, `resume`; results.py: `best`,
-`export`, `compare`, `plot`; confirm.py: `confirm`) whose `add_parsers` adds its subcommands and sets each
-one's `handler`; `main` calls it. A new verb is one function and one subparser in its family's module.
+Each verb family is one module here (run.py: `run`; sweep.py: `sweep`, `resume`, `dashboard`; results.py:
+`best`, `export`, `compare`, `plot`; confirm.py: `confirm`; stages.py: `stages`) whose `add_parsers` adds its
+subcommands and sets each one's `handler`; `main` calls it. A new verb is one function and one subparser in
+its family's module.
 
 Start-up imports no torch, Ray, MLflow or Optuna (`--help` of any verb answers in about 0.1 s): each verb
 imports what it needs inside its handler, and `trainables` loads its registries on first need.
@@ -28,9 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Find lottery tickets: one search locally, or sweeps on Ray.")
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    from search.cli import confirm, results, run, sweep
+    from search.cli import confirm, results, run, stages, sweep
 
-    for family in (run, sweep, results, confirm):
+    for family in (run, sweep, results, confirm, stages):
         family.add_parsers(sub)
     return p
 

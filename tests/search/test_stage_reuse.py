@@ -1,7 +1,7 @@
 """A real sweep over pruning keys trains its dense level once: the other trials load it from the stage store
 under the sweep's storage root, report it (`reused_stage`, `epochs_trained` below `epochs_total`) and MLflow's
 level-0 ticket runs say so; a second sweep of the same trials on the same root trains nothing, and one going a
-level deeper trains only that level."""
+level deeper trains only that level; once `ticket-search stages` prunes the store, they train it all again."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search import cli
 from search.sweep.file import sweep_from_dict
 from search.tracking import schema as S
 from search.tune.runner import run_sweep
+from trainables.io import stagegc
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
@@ -67,6 +69,16 @@ def test_a_sweep_over_pruning_keys_trains_its_dense_level_once(tmp_path: Path) -
     deeper = sweep_from_dict(doc(tmp_path, "deeper"), ["prune.levels=2"])  # one level further down
     for flag, trained, total in reused(run_sweep(deeper)):
         assert flag == 1 and trained == pytest.approx(total - 2)  # levels 0 and 1 loaded, level 2 trained
+
+    # `ticket-search stages --prune-unused`: everything was used today, so 1 day keeps it all, 0 removes it all,
+    # and the same trials then train what the first sweep trained
+    entries = len(stagegc.survey(sweep.stages).entries)
+    assert entries >= 4 + 1  # the dense level, and at least the first sweep's four level-1 entries
+    assert cli.main(["stages", "--root", str(tmp_path / "runs"), "--prune-unused", "1"]) == 0
+    assert len(stagegc.survey(sweep.stages).entries) == entries
+    assert cli.main(["stages", "--root", str(tmp_path / "runs"), "--prune-unused", "0"]) == 0
+    assert stagegc.survey(sweep.stages).entries == []
+    assert sorted(reused(run_sweep(sweep_from_dict(doc(tmp_path, "pruned"))))) == sorted(got)
 
     off = sweep_from_dict(doc(tmp_path, "off"), ["storage.stages=off", "budget.num_samples=2"])
     assert [r for r, _, _ in reused(run_sweep(off))] == [0, 0]  # the store holds their level: off, they train it

@@ -4,7 +4,9 @@ An entry is a JSON document plus named tensors, filed under a key (a sha256 of e
 it, trainables/reuse.py) as the folder `<root>/<key[:2]>/<key>/` holding `stage.json` and
 `stage.safetensors` (trainables/paths.py). Entries are written once: both files go into a fresh temporary
 folder beside it, which is then renamed into place, so an entry that exists is complete, and a crash leaves
-at most a stray `.tmp-*` folder, never a half entry. Nothing is pickled.
+at most a stray `.tmp-*` folder, never a half entry. Nothing is pickled. Loading an entry bumps the
+modification time of its `stage.json`: its last use, by which `ticket-search stages --prune-unused DAYS`
+removes what no trial has needed for a while (stagegc.py).
 
 `obtain(key, produce)` loads the entry, or produces and files it. Trials that need the same entry at once
 train it once: the producer holds a lease, the file `<key>.lease` made with O_CREAT|O_EXCL (atomic on a
@@ -71,6 +73,8 @@ class StageStore:
             tensors = load_file(str(folder / paths.STAGE_TENSORS))
         except (OSError, ValueError, SafetensorError):  # missing; or damaged by hand: produced again, renamed over it
             return None
+        with contextlib.suppress(OSError):  # its last use, for pruning (stagegc.py); a read-only store keeps none
+            os.utime(folder / paths.STAGE_JSON)
         return doc, tensors
 
     def save(self, key: str, doc: dict[str, Any], tensors: Tensors) -> None:
