@@ -66,6 +66,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     run.add_argument("--out", help="write results.json, masks/ and a resumable checkpoint here")
     run.add_argument("--resume", action="store_true", help="continue the search saved in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--stages", metavar="DIR", help="stage store: load the levels a sweep or an earlier run "
+                                                     "trained, file the ones this run trains (sweeps' default: "
+                                                     "runs/stages)")
     run.add_argument("--tracking-uri", help="MLflow store for prune.init_mask=runs:/RUN_ID "
                                             "(default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db)")
 
@@ -75,7 +78,6 @@ def run_command(args: argparse.Namespace) -> int:
     from trainables import paths
     from trainables.io import checkpoint
     from trainables.io.results import write_results
-    from trainables.lottery import Lottery
     from trainables.typed import ConfigError
 
     console = make_console()
@@ -90,7 +92,7 @@ def run_command(args: argparse.Namespace) -> int:
         if out is None or not (out / paths.CHECKPOINT_DIR / paths.STATE_JSON).is_file():
             raise ConfigError("--resume: needs --out pointing at a folder with a checkpoint/ from an earlier run")
         state = checkpoint.load(out / paths.CHECKPOINT_DIR)
-    lottery = Lottery(ticket, state=state)
+    lottery = _lottery(ticket, state, args.stages)
     lottery.require_target_reached()  # prune.levels and prune.target_density both given: they must agree
     p = ticket.prune
     console.print(f"ticket {ticket.id}: {ticket.data.name} / {ticket.model.name} / {p.method} "
@@ -110,14 +112,39 @@ def run_command(args: argparse.Namespace) -> int:
 
         lottery.on_epoch = on_epoch
         for result in lottery.run():
+            loaded = "  (loaded from the stage store)" if result.reused_stage else ""
             progress.console.print(f"level {result.level}: density {100 * result.density:.2f}%  "
-                                   f"val acc {100 * result.val_acc:.2f}%  test acc {100 * result.test_acc:.2f}%")
+                                   f"val acc {100 * result.val_acc:.2f}%  test acc {100 * result.test_acc:.2f}%"
+                                   f"{loaded}")
             if out is not None:
                 write_results(out, ticket.flat(), lottery.state.results, lottery.state.early_bird_epoch)
                 checkpoint.save(lottery.state, out / paths.CHECKPOINT_DIR)
     console.print(level_table(lottery.state.results))
+    if lottery.state.epochs_trained < lottery.state.epochs_total:
+        console.print(f"trained {lottery.state.epochs_trained:g} of the {lottery.state.epochs_total:g} epochs this "
+                      f"ticket represents; the rest were loaded from the stage store {args.stages}")
     if lottery.state.early_bird_epoch is not None:
         console.print(early_bird_line(lottery.state.early_bird_epoch, p.early_bird))
     if out is not None:
         console.print(f"results: {out / paths.RESULTS_JSON}  masks: {out / paths.MASKS_DIR}")
     return 0
+
+
+def _lottery(ticket: Ticket, state: State | None, stages: str | None) -> Any:
+    """The search: a `StagedLottery` on the store `stages` when one is given and the ticket can reuse levels."""
+    import os
+
+    from trainables.io.stages import why_not
+    from trainables.io.stagestore import StageStore
+    from trainables.lottery import Lottery
+    from trainables.staged import StagedLottery
+    from trainables.typed import ConfigError
+
+    if stages is None:
+        return Lottery(ticket, state=state)
+    if os.path.exists(stages) and not os.path.isdir(stages):
+        raise ConfigError(f"--stages: {stages} is not a folder")
+    if why_not(ticket):
+        make_console().print(f"--stages: levels of a {why_not(ticket)} search are not reused; training them all")
+        return Lottery(ticket, state=state)
+    return StagedLottery(ticket, store=StageStore(stages), state=state)

@@ -45,6 +45,31 @@ def test_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     assert again == first  # finished searches resume to the same record, nothing retrained
 
 
+def test_run_with_a_stage_store_loads_the_levels_an_earlier_run_trained(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def levels(out: Path) -> list[tuple[float, float, float]]:
+        doc = json.loads((out / "results.json").read_text())
+        return [(lv["density"], lv["val_acc"], lv["test_acc"]) for lv in doc["levels"]]
+
+    stages = ["--stages", str(tmp_path / "stages"), "--quiet"]
+    assert cli.main(["run", "--set", *TINY, "--out", str(tmp_path / "a"), *stages]) == 0
+    assert "loaded from the stage store" not in capsys.readouterr().out  # an empty store: all trained
+    # one level deeper: levels 0-2 loaded, level 3 trained
+    assert cli.main(["run", "--set", *TINY, "prune.levels=3", "--out", str(tmp_path / "b"), *stages]) == 0
+    printed = capsys.readouterr().out
+    loaded = [line.split(":")[0] for line in printed.splitlines()
+              if line.startswith("level ") and line.endswith("(loaded from the stage store)")]
+    assert loaded == ["level 0", "level 1", "level 2"] and "trained 1 of the 4 epochs" in printed
+    assert levels(tmp_path / "b")[:3] == levels(tmp_path / "a")
+    # and the same as training every level without the store
+    assert cli.main(["run", "--set", *TINY, "prune.levels=3", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert levels(tmp_path / "c") == levels(tmp_path / "b")
+    for n in range(4):
+        name = f"masks/level_{n:02d}.safetensors"
+        b, c = maskio.load(tmp_path / "b" / name), maskio.load(tmp_path / "c" / name)
+        assert b.keys() == c.keys() and all(b[k].equal(c[k]) for k in b)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["run", "--set", "prune.rat=0.2"], "error: unknown key 'prune.rat' (did you mean 'prune.rate'?)"),
     (["run", "--set", "prune.rate=2"], "error: prune.rate: 2.0 is outside (0, 1)"),
@@ -52,6 +77,7 @@ def test_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     (["run", "missing.toml"], "error: missing.toml: no such file"),
     (["run", "--set", "prune.rate"], "error: --set: expected key=value, got 'prune.rate'"),
     (["run", "--resume"], "error: --resume: needs --out"),
+    (["run", "--stages", "/dev/null"], "error: --stages: /dev/null is not a folder"),
 ])
 def test_user_mistakes_exit_2_with_one_line(args: list[str], message: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
