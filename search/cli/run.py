@@ -131,9 +131,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _lottery(ticket: Ticket, state: State | None, stages: str | None) -> Any:
-    """The search: a `StagedLottery` on the store `stages` when one is given and the ticket can reuse levels."""
-    import os
-
+    """The search: a `StagedLottery` on the store `stages` when one is given (it trains every level of a
+    ticket whose levels are never reused)."""
     from trainables.io.stages import why_not
     from trainables.io.stagestore import StageStore
     from trainables.lottery import Lottery
@@ -142,9 +141,8 @@ def _lottery(ticket: Ticket, state: State | None, stages: str | None) -> Any:
 
     if stages is None:
         return Lottery(ticket, state=state)
-    if os.path.exists(stages) and not os.path.isdir(stages):
+    if Path(stages).exists() and not Path(stages).is_dir():
         raise ConfigError(f"--stages: {stages} is not a folder")
     if why_not(ticket):
         make_console().print(f"--stages: levels of a {why_not(ticket)} search are not reused; training them all")
-        return Lottery(ticket, state=state)
     return StagedLottery(ticket, store=StageStore(stages), state=state)

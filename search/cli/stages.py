@@ -54,7 +54,7 @@ def stages_command(args: argparse.Namespace) -> int:
                       f"{found.leases} lease(s) held (levels being trained now)")
     if days is None:
         return 0
-    pruned = stagegc.prune(store, days * stagegc.DAY_S, dry_run=args.dry_run)
+    pruned = stagegc.prune(store, days * stagegc.DAY_S, dry_run=args.dry_run, found=found)
     verb = "would remove" if args.dry_run else "removed"
     if args.dry_run:
         for e in pruned.entries:

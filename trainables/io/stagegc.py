@@ -76,10 +76,12 @@ def survey(root: str | Path, now: float | None = None) -> Survey:
     return out
 
 
-def prune(root: str | Path, unused_s: float, *, dry_run: bool = False, now: float | None = None) -> Pruned:
-    """Remove the entries not used for `unused_s` seconds and the temporary folders older than TEMP_AGE_S."""
+def prune(root: str | Path, unused_s: float, *, dry_run: bool = False, now: float | None = None,
+          found: Survey | None = None) -> Pruned:
+    """Remove the entries not used for `unused_s` seconds and the temporary folders older than TEMP_AGE_S
+    (`found`: a survey of `root` just taken, so the store is not walked twice)."""
     now = time.time() if now is None else now
-    found = survey(root, now)
+    found = survey(root, now) if found is None else found
     out = Pruned()
     for entry in found.entries:
         if now - entry.last_used >= unused_s:
